@@ -1,0 +1,3 @@
+from vgpumon.cli import main
+
+raise SystemExit(main())
