@@ -1,0 +1,153 @@
+"""Library matching, bypass and staleness, over a fixture /proc tree and real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.core.fakeproc import FakeProc, maps_line, maps_line_for
+from vgpumon.config import parse_config
+from vgpumon.paths import HOST
+from vgpumon.procfs import ProcFS, parse_maps
+from vgpumon.sources.libraries import (
+    LibraryMatcher,
+    bypassing,
+    find_library_file,
+    library_mappings,
+    read_process_libraries,
+)
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A root with shims, a real-driver copy and an Ollama lib dir; the process's root."""
+    root = tmp_path / "root"
+    lib64 = root / "usr/lib64"
+    cuda = root / "usr/local/lib/ollama/cuda_v12"
+    lib64.mkdir(parents=True)
+    cuda.mkdir(parents=True)
+    for name in ("libvgpu-cuda.so", "libvgpu-exec.so", "libcuda.so.575.51.03"):
+        (lib64 / name).write_bytes(name.encode())
+    (cuda / "libggml-cuda.so").write_bytes(b"ggml")
+    os.symlink("libvgpu-cuda.so", lib64 / "libcuda.so.1")
+    return root
+
+
+def config_for(root):
+    return parse_config(f"""
+libraries:
+  vgpu-cuda: {{path: {root}/usr/lib64/libcuda.so.1}}
+  vgpu-exec: {{path: {root}/usr/lib64/libvgpu-exec.so}}
+  ggml-cuda: {{name: "libggml-cuda.so*"}}
+  cuda-driver: {{name: "libcuda.so.*", driver: true}}
+shims: [vgpu-cuda, vgpu-exec]
+groups:
+  runner: {{cmdline: "runner", expect: [vgpu-cuda, ggml-cuda]}}
+""")
+
+
+def matcher_for(config):
+    files = {spec.name: find_library_file(HOST, spec)
+             for spec in config.libraries if spec.path}
+    return LibraryMatcher(config.libraries, files), files
+
+
+def test_path_library_given_as_a_symlink_is_found_by_its_target(host):
+    config = config_for(host)
+    _, files = matcher_for(config)
+    shim = files["vgpu-cuda"]
+    assert shim.present
+    assert shim.resolved == str(host / "usr/lib64/libvgpu-cuda.so")
+    assert shim.inode == os.stat(host / "usr/lib64/libvgpu-cuda.so").st_ino
+
+
+def test_missing_path_library_is_not_present(host):
+    (host / "usr/lib64/libvgpu-exec.so").unlink()
+    _, files = matcher_for(config_for(host))
+    assert not files["vgpu-exec"].present
+
+
+def test_matching_by_identity_by_basename_and_by_glob(host):
+    matcher, _ = matcher_for(config_for(host))
+    maps = parse_maps((
+        maps_line_for(str(host / "usr/lib64/libvgpu-cuda.so"), 0x1000)
+        # same basename, other device and inode: the basename fallback (overlayfs, btrfs)
+        + maps_line("/elsewhere/libvgpu-exec.so", (0x99, 0x1), 42, 0x2000)
+        + maps_line("/usr/local/lib/ollama/cuda_v12/libggml-cuda.so", (8, 1), 7, 0x3000)
+        + maps_line("/usr/lib64/libcuda.so.575.51.03", (8, 1), 8, 0x4000)
+        + maps_line("/usr/lib64/libc.so.6", (8, 1), 9, 0x5000)
+    ).encode())
+    found = {}
+    for mapped in maps:
+        for library, by_identity in matcher.libraries_of(mapped):
+            found[library] = by_identity
+    assert found == {"vgpu-cuda": True, "vgpu-exec": False, "ggml-cuda": False,
+                     "cuda-driver": False}
+
+
+def test_bypass_means_driver_without_any_shim(host, tmp_path):
+    config = config_for(host)
+    matcher, _ = matcher_for(config)
+    proc = FakeProc(tmp_path / "proc")
+    drivers, shims = frozenset({"cuda-driver"}), frozenset(config.shims)
+    driver_only = maps_line("/usr/lib64/libcuda.so.999", (8, 1), 8)
+    proc.add(10, "r", ["runner"], maps=driver_only, root=str(host))
+    libs, _ = read_process_libraries(ProcFS(str(proc.root)), 10, matcher)
+    assert bypassing(libs, drivers, shims)
+    proc.set_maps(10, driver_only + maps_line_for(str(host / "usr/lib64/libvgpu-cuda.so"),
+                                                   0x9000))
+    libs, _ = read_process_libraries(ProcFS(str(proc.root)), 10, matcher)
+    assert not bypassing(libs, drivers, shims)  # the shim forwards to the driver: fine
+
+
+def test_deleted_mapping_is_stale(host, tmp_path):
+    matcher, _ = matcher_for(config_for(host))
+    proc = FakeProc(tmp_path / "proc")
+    line = maps_line_for(str(host / "usr/lib64/libvgpu-cuda.so"), deleted=True)
+    proc.add(11, "r", ["runner"], maps=line, root="/")
+    libs, _ = read_process_libraries(ProcFS(str(proc.root)), 11, matcher)
+    assert libs.mapped("vgpu-cuda") and libs.stale("vgpu-cuda")
+
+
+def test_replaced_file_is_stale_when_looked_up_in_the_process_root(host, tmp_path):
+    """Maps hold the process's own path; the current file is looked up in its root."""
+    matcher, _ = matcher_for(config_for(host))
+    ggml = host / "usr/local/lib/ollama/cuda_v12/libggml-cuda.so"
+    st = os.stat(ggml)
+    line = maps_line("/usr/local/lib/ollama/cuda_v12/libggml-cuda.so",
+                     (os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino)
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(12, "r", ["runner"], maps=line, root=str(host))
+    procfs = ProcFS(str(proc.root))
+    libs, _ = read_process_libraries(procfs, 12, matcher)
+    assert libs.mapped("ggml-cuda") and not libs.stale("ggml-cuda")
+    shutil.copy(ggml, str(ggml) + ".new")
+    os.replace(str(ggml) + ".new", ggml)  # new inode under the same name
+    libs, _ = read_process_libraries(procfs, 12, matcher)
+    assert libs.stale("ggml-cuda")
+
+
+def test_other_device_numbers_are_not_evidence_of_replacement(host, tmp_path):
+    matcher, _ = matcher_for(config_for(host))
+    line = maps_line("/usr/local/lib/ollama/cuda_v12/libggml-cuda.so", (0x99, 0x1), 1)
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(13, "r", ["runner"], maps=line, root=str(host))
+    libs, _ = read_process_libraries(ProcFS(str(proc.root)), 13, matcher)
+    assert libs.mapped("ggml-cuda") and not libs.stale("ggml-cuda")
+
+
+def test_unreadable_maps_are_unreadable_not_missing(host, tmp_path):
+    matcher, _ = matcher_for(config_for(host))
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(14, "r", ["runner"])
+    proc.make_unreadable(14)
+    libs, maps = read_process_libraries(ProcFS(str(proc.root)), 14, matcher)
+    assert not libs.readable and libs.error and maps == ()
+
+
+def test_gpu_device_mapping_is_noticed():
+    matcher = LibraryMatcher((), {})
+    maps = parse_maps(maps_line("/dev/nvidia0", (0, 5), 1055).encode())
+    assert library_mappings(ProcFS("/proc"), 1, maps, matcher).gpu_device

@@ -1,0 +1,151 @@
+"""Process discovery and classification, over a fixture /proc tree."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.core.fakeproc import FakeProc
+from vgpumon.config import Config, parse_config
+from vgpumon.procfs import ProcFS
+from vgpumon.sources.processes import ProcessScanner, classify, model_argument
+
+GROUPS = Config().groups
+SERVER = ["/usr/local/bin/ollama", "serve"]
+RUNNER = ["/usr/local/bin/ollama", "runner", "--model",
+          "/usr/share/ollama/.ollama/models/blobs/sha256-6a0746a1ec1a", "--port", "41235"]
+
+
+@pytest.mark.parametrize(("comm", "argv", "group"), [
+    ("ollama", SERVER, "server"),
+    ("ollama", ["/usr/bin/ollama", "serve"], "server"),
+    ("ollama", RUNNER, "runner"),
+    ("ollama_llama_se", ["/tmp/ollama1/runners/cuda_v12/ollama_llama_server", "--model",
+                         "/m/blobs/sha256-ab", "--ctx-size", "2048", "--port", "4000"], "runner"),
+    ("llama-server", ["/usr/lib/ollama/llama-server", "--model", "/m/blobs/sha256-ab",
+                      "--port", "4001", "--host", "127.0.0.1"], "runner"),
+    ("ollama", ["/usr/local/bin/ollama", "runner", "--ollama-engine", "--port", "4002"],
+     "discovery"),
+    ("llama-server", ["/usr/lib/ollama/llama-server", "--list-devices"], "discovery"),
+    ("ollama", ["/usr/local/bin/ollama", "gpu-discover", "--lib-dir", "/x"], "discovery"),
+    ("ollama", ["/usr/local/bin/ollama", "ps"], None),
+    ("bash", ["bash", "-c", "ollama serve"], None),  # comm must be ollama for the server
+    ("python3", ["python3", "-m", "http.server"], None),
+])
+def test_classify_default_groups(comm, argv, group):
+    assert classify(GROUPS, comm, None, tuple(argv)) == group
+
+
+def test_classify_first_match_wins_and_all_patterns_must_match():
+    groups = parse_config("""
+groups:
+  a: {comm: "^x$", cmdline: "one"}
+  b: {cmdline: "one"}
+  c: {exe: "/opt/.*", cmdline: "two"}
+""").groups
+    assert classify(groups, "x", None, ("one",)) == "a"
+    assert classify(groups, "y", None, ("one",)) == "b"
+    assert classify(groups, "y", "/opt/bin/z", ("two",)) == "c"
+    assert classify(groups, "y", None, ("two",)) is None  # exe unreadable: exe rule fails
+
+
+@pytest.mark.parametrize(("argv", "model"), [
+    (RUNNER, "/usr/share/ollama/.ollama/models/blobs/sha256-6a0746a1ec1a"),
+    (["llama-server", "--model=/m/x.gguf"], "/m/x.gguf"),
+    (["llama-server", "-m", "/m/y.gguf"], "/m/y.gguf"),
+    (["ollama", "runner", "--model"], None),
+    (["ollama", "serve"], None),
+])
+def test_model_argument(argv, model):
+    assert model_argument(tuple(argv)) == model
+
+
+@pytest.fixture
+def proc(tmp_path):
+    return FakeProc(tmp_path / "proc")
+
+
+def scanner_for(proc: FakeProc) -> tuple[ProcessScanner, float]:
+    # "now" close to the processes' start, so they count as young.
+    return ProcessScanner(ProcFS(str(proc.root)), GROUPS), proc.start_time(100) + 1
+
+
+def test_scan_finds_server_and_runner_with_parentage(proc):
+    proc.add(4100, "ollama", SERVER, ppid=1)
+    proc.add(4242, "ollama", RUNNER, ppid=4100, start_ticks=500)
+    proc.add(1, "systemd", ["/sbin/init"])
+    scanner, now = scanner_for(proc)
+    tracked = {p.pid: p for p in scanner.scan(now)}
+    assert set(tracked) == {4100, 4242}
+    assert tracked[4100].group == "server"
+    runner = tracked[4242]
+    assert runner.group == "runner" and runner.ppid == 4100
+    assert runner.model_arg.endswith("sha256-6a0746a1ec1a")
+    assert runner.start_time == proc.start_time(500)
+
+
+def test_fork_before_exec_is_not_mistaken_for_a_second_server(proc):
+    proc.add(4100, "ollama", SERVER)
+    scanner, now = scanner_for(proc)
+    scanner.scan(now)
+    proc.add(4300, "ollama", SERVER, ppid=4100, start_ticks=150)  # forked, not exec'd yet
+    assert [p.pid for p in scanner.scan(now)] == [4100]
+    proc.set_cmdline(4300, RUNNER)  # now it exec'd
+    proc.set_stat(4300, "ollama", ppid=4100, start_ticks=150)
+    tracked = {p.pid: p.group for p in scanner.scan(now)}
+    assert tracked == {4100: "server", 4300: "runner"}
+
+
+def test_young_process_is_reclassified_after_exec(proc):
+    proc.add(5000, "bash", ["bash"], start_ticks=150)
+    scanner, now = scanner_for(proc)
+    assert scanner.scan(now) == ()
+    proc.set_stat(5000, "llama-server", start_ticks=150)
+    proc.set_cmdline(5000, ["llama-server", "--model", "/m/blobs/sha256-aa", "--port", "1"])
+    assert [p.group for p in scanner.scan(now)] == ["runner"]
+
+
+def test_old_unmatched_process_is_not_read_again(proc):
+    proc.add(6000, "bash", ["bash"], start_ticks=100)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    old = proc.start_time(100) + 3600
+    assert scanner.scan(old) == ()
+    proc.make_unreadable(6000, "cmdline")  # would fail if it were read again
+    proc.make_unreadable(6000, "stat")
+    assert scanner.scan(old) == ()
+
+
+def test_reused_pid_is_classified_afresh(proc):
+    proc.add(7000, "ollama", RUNNER, ppid=1, start_ticks=100)
+    scanner, now = scanner_for(proc)
+    assert [p.group for p in scanner.scan(now)] == ["runner"]
+    proc.set_stat(7000, "bash", start_ticks=900)  # old runner died, PID reused
+    proc.set_cmdline(7000, ["bash"])
+    assert scanner.scan(now) == ()
+
+
+def test_zombie_is_dropped(proc):
+    proc.add(7100, "ollama", RUNNER)
+    scanner, now = scanner_for(proc)
+    assert len(scanner.scan(now)) == 1
+    proc.set_stat(7100, "ollama", state="Z")
+    assert scanner.scan(now) == ()
+
+
+def test_vanished_pid_between_listing_and_reading_is_skipped(proc):
+    proc.add(7200, "ollama", SERVER)
+    proc.make_unreadable(7200, "stat")
+    scanner, now = scanner_for(proc)
+    assert scanner.scan(now) == ()
+
+
+def test_rescan_and_forget(proc):
+    proc.add(7300, "bash", ["bash"], start_ticks=100)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    old = proc.start_time(100) + 3600
+    scanner.scan(old)
+    proc.set_cmdline(7300, SERVER)
+    proc.set_stat(7300, "ollama", start_ticks=100)
+    assert scanner.scan(old) == ()  # old and unmatched: not re-read by a scan...
+    assert scanner.rescan_pid(7300, old).group == "server"  # ...but an exec event re-reads it
+    assert scanner.forget(7300).pid == 7300
+    assert scanner.tracked() == ()

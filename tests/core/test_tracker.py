@@ -1,0 +1,98 @@
+"""Counters, exit reasons and crash-loop windows."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from vgpumon import events as ev
+from vgpumon.config import CrashLoopSpec
+from vgpumon.events import Event
+from vgpumon.exits import ExitStatus, reason_for
+from vgpumon.tracker import Tracker
+
+
+@pytest.mark.parametrize(("status", "oom", "reason"), [
+    (0, False, "clean"),
+    (3 << 8, False, "error"),
+    (2 << 8, False, "error"),  # a Go crash until the log says so
+    (signal.SIGSEGV, False, "crash"),
+    (signal.SIGSEGV | 0x80, False, "crash"),  # core dumped
+    (signal.SIGABRT, False, "crash"),
+    (signal.SIGBUS, False, "crash"),
+    (signal.SIGKILL, False, "stopped"),
+    (signal.SIGKILL, True, "oom"),
+    (signal.SIGTERM, False, "stopped"),
+    (signal.SIGINT, False, "stopped"),
+    (signal.SIGHUP, False, "error"),
+])
+def test_reason_for_wait_status(status, oom, reason):
+    assert reason_for(ExitStatus.from_wait_status(status), oom_killed=oom) == reason
+
+
+def test_reason_unknown_without_status():
+    assert reason_for(None) == "unknown"
+
+
+def test_exit_status_decoding():
+    assert ExitStatus.from_wait_status(768) == ExitStatus(3, None)
+    segv = ExitStatus.from_wait_status(signal.SIGSEGV | 0x80)
+    assert segv.signal == signal.SIGSEGV and segv.core_dumped and segv.signal_name == "SIGSEGV"
+    assert os.WIFEXITED(0)
+
+
+def exited(ts, reason, group="runner"):
+    return Event(ts, ev.PROCESS_EXITED, {"group": group, "pid": 1, "reason": reason})
+
+
+def test_counters_follow_events():
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=600))
+    tracker.record([
+        Event(1, ev.PROCESS_STARTED, {"group": "runner", "pid": 1}),
+        exited(2, "clean"), exited(3, "stopped"), exited(4, "crash"), exited(5, "oom"),
+        Event(6, ev.SHIM_LINK_CHANGED, {"path": "/l", "state": "wrong_target"}),
+        Event(7, ev.CUDA_ERROR, {"message": "x"}),
+    ])
+    counters = tracker.counters(10)
+    assert counters.starts == {"runner": 1}
+    assert counters.exits[("runner", "clean")] == 1
+    assert counters.exits[("runner", "crash")] == 1
+    assert counters.crashes == {"runner": 2}
+    assert counters.last_crash == {"runner": 5}
+    assert counters.link_changes == {"/l": 1} and counters.link_last_change == {"/l": 6}
+    assert counters.log_errors == {ev.CUDA_ERROR: 1}
+    assert counters.events[ev.PROCESS_EXITED] == 4
+
+
+def test_crash_loop_starts_at_threshold_and_ends_after_the_window():
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    assert [e.kind for e in tracker.record([exited(0, "crash"), exited(10, "error")])] == [
+        ev.PROCESS_EXITED, ev.PROCESS_EXITED]
+    recorded = tracker.record([exited(20, "crash")])
+    assert [e.kind for e in recorded] == [ev.PROCESS_EXITED, ev.CRASH_LOOP_STARTED]
+    assert recorded[1].fields == {"group": "runner", "crashes": 3, "window_seconds": 60}
+    assert tracker.counters(21).crash_loop == {"runner": True}
+    assert tracker.counters(21).window_crashes == {"runner": 3}
+    assert tracker.record([exited(25, "crash")])[-1].kind == ev.PROCESS_EXITED  # no 2nd start
+    assert tracker.tick(70) == []  # crashes at 10, 20, 25 are still inside [10, 70]
+    ended = tracker.tick(81)
+    assert [e.kind for e in ended] == [ev.CRASH_LOOP_ENDED]
+    assert tracker.counters(81).crash_loop == {"runner": False}
+    assert tracker.counters(81).events[ev.CRASH_LOOP_ENDED] == 1
+
+
+def test_clean_and_stopped_exits_never_make_a_loop():
+    tracker = Tracker(CrashLoopSpec(crashes=2, window=60))
+    tracker.record([exited(t, "stopped") for t in range(5)] + [exited(6, "clean")])
+    assert not tracker.counters(7).crash_loop.get("runner")
+
+
+def test_window_starts_count_restarts():
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    tracker.record([Event(t, ev.PROCESS_STARTED, {"group": "server", "pid": t})
+                    for t in (0, 30, 50)])
+    assert tracker.counters(55).window_starts == {"server": 3}
+    tracker.tick(100)
+    assert tracker.counters(100).window_starts == {"server": 1}

@@ -1,0 +1,155 @@
+"""The `vgpumon` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from prometheus_client import generate_latest, write_to_textfile
+
+from vgpumon import __version__
+from vgpumon.config import Config, ConfigError, load_config
+
+log = logging.getLogger("vgpumon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"vgpumon: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vgpumon",
+        description="Watch Ollama on vGPU shim hosts and export what it finds to Prometheus.",
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"vgpumon {__version__} (Python {sys.version.split()[0]})")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default: info)")
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", metavar="PATH",
+                               help="config file (default: built-in defaults)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[config_option], help="run the daemon")
+    run.set_defaults(func=cmd_run)
+
+    once = commands.add_parser("once", parents=[config_option],
+                               help="one refresh; print the metrics and exit")
+    once.add_argument("--textfile", metavar="PATH",
+                      help="write the metrics atomically to PATH (node_exporter textfile "
+                           "collector) instead of stdout")
+    once.set_defaults(func=cmd_once)
+
+    config = commands.add_parser("config", help="configuration commands")
+    config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
+    check = config_commands.add_parser("check", parents=[config_option],
+                                       help="validate a config file and exit")
+    check.set_defaults(func=cmd_config_check)
+    config.set_defaults(func=lambda _args: _usage(config))
+
+    events = commands.add_parser("events", parents=[config_option],
+                                 help="print the event log for a human")
+    events.add_argument("--file", metavar="PATH", help="event log (default: events.file)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="print the JSON lines as they are")
+    events.set_defaults(func=cmd_events)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_CONFIG
+
+
+def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
+    return lambda: load_config(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vgpumon.daemon import Daemon
+
+    loader = config_loader(args)
+    config = loader()  # a bad config exits 2 here, before any port is bound
+    daemon = Daemon(config, reload_config=loader)
+    daemon.start()
+    try:
+        daemon.bind()
+    except OSError as err:
+        print(f"vgpumon: cannot listen on {config.listen}: {err.strerror or err}",
+              file=sys.stderr)
+        daemon.close()
+        return EXIT_FAILURE
+    return daemon.run()
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from vgpumon.daemon import Daemon
+
+    config = load_config(args.config)
+    daemon = Daemon(config)
+    daemon.start()
+    registry = daemon.registry(with_process_metrics=False)
+    if args.textfile:
+        write_to_textfile(args.textfile, registry)
+    else:
+        sys.stdout.write(generate_latest(registry).decode())
+    daemon.close()
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"config ok: {config.source or 'built-in defaults'}")
+    print(f"  listen {config.listen}, interval {config.interval:g}s, procfs {config.procfs}")
+    print(f"  groups: {', '.join(g.name for g in config.groups)}")
+    print(f"  libraries: {', '.join(s.name for s in config.libraries)} "
+          f"(shims: {', '.join(config.shims) or 'none'})")
+    print(f"  links: {len(config.links)}")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from vgpumon.eventlog import follow_event_log, read_event_log
+    from vgpumon.timeline import format_event
+
+    path = args.file or load_config(args.config).events.file
+    if not path:
+        print("vgpumon: no event log configured (events.file)", file=sys.stderr)
+        return EXIT_CONFIG
+    source = follow_event_log(path) if args.follow else read_event_log(path)
+    try:
+        for event in source:
+            print(json.dumps(event.to_dict()) if args.json else format_event(event), flush=True)
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_OK
+

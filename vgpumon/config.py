@@ -1,0 +1,545 @@
+"""The configuration: YAML in, frozen dataclasses out.
+
+Every key is optional and the defaults describe DESIGN.md's host (shims under ``/usr/lib64``,
+Ollama's libraries under ``/usr/local/lib/ollama/cuda_v12``). Anything unknown or malformed is
+a `ConfigError` naming the key path and, where YAML gives one, the line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from vgpumon.durations import parse_duration
+
+VIEWS = ("host", "server")
+
+
+class ConfigError(Exception):
+    """A config problem, tied to the key path (``groups.runner.cmdline``) and line."""
+
+    def __init__(self, key: str, message: str, *, source: str = "", line: int | None = None):
+        self.key = key
+        self.message = message
+        self.source = source
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.source or "config"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}: {key}{self.message}"
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """How to recognise one library in ``/proc/PID/maps``: by file (`path`) or basename glob."""
+
+    name: str
+    path: str | None = None
+    glob: str | None = None
+    driver: bool = False
+    view: str = "host"
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A symlink that must resolve to `target` (both paths in `view`)."""
+
+    path: str
+    target: str
+    view: str = "host"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A named class of processes; every given pattern must match (``re.search``)."""
+
+    name: str
+    comm: re.Pattern[str] | None = None
+    exe: re.Pattern[str] | None = None
+    cmdline: re.Pattern[str] | None = None
+    expect: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CrashLoopSpec:
+    crashes: int = 3
+    window: float = 600.0
+
+
+@dataclass(frozen=True)
+class OllamaLogSpec:
+    journal_unit: str | None = "ollama.service"
+    file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.journal_unit or self.file)
+
+
+@dataclass(frozen=True)
+class OllamaSpec:
+    url: str = "http://127.0.0.1:11434"
+    timeout: float = 2.0
+    log: OllamaLogSpec = field(default_factory=OllamaLogSpec)
+    models_dir: str = "/usr/share/ollama/.ollama/models"
+    expected_gpus: int = 1
+
+
+@dataclass(frozen=True)
+class EventsSpec:
+    file: str | None = "/var/lib/vgpumon/events.jsonl"
+    max_bytes: int = 10 * 1024 * 1024
+    memory: int = 1000
+
+
+def _default_libraries() -> tuple[LibrarySpec, ...]:
+    return (
+        LibrarySpec("vgpu-exec", path="/usr/lib64/libvgpu-exec.so"),
+        LibrarySpec("vgpu-cuda", path="/usr/lib64/libvgpu-cuda.so"),
+        LibrarySpec("vgpu-nvml", path="/usr/lib64/libvgpu-nvml.so"),
+        LibrarySpec("vgpu-cudart", path="/usr/lib64/libvgpu-cudart.so"),
+        LibrarySpec("ggml-cuda", glob="libggml-cuda.so*"),
+        LibrarySpec("cuda-driver", glob="libcuda.so.*", driver=True),
+    )
+
+
+def _default_links() -> tuple[LinkSpec, ...]:
+    return (
+        LinkSpec("/usr/lib64/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so"),
+        LinkSpec("/usr/lib64/libcudart.so.12", "/usr/lib64/libvgpu-cudart.so"),
+        LinkSpec("/usr/local/lib/ollama/cuda_v12/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so"),
+        LinkSpec(
+            "/usr/local/lib/ollama/cuda_v12/libcudart.so.12.8.90", "/usr/lib64/libvgpu-cudart.so"
+        ),
+    )
+
+
+def _default_groups() -> tuple[GroupSpec, ...]:
+    return (
+        GroupSpec(
+            "server",
+            comm=re.compile(r"^ollama$"),
+            cmdline=re.compile(r"\bserve\b"),
+            expect=("vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"),
+        ),
+        GroupSpec(
+            "runner",
+            cmdline=re.compile(r"(ollama runner|ollama_llama_server|llama-server).*--model"),
+            expect=("vgpu-exec", "vgpu-cuda", "ggml-cuda"),
+        ),
+        GroupSpec(
+            "discovery",
+            cmdline=re.compile(r"(ollama runner|llama-server|ollama gpu-discover)"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9842
+    interval: float = 5.0
+    procfs: str = "/proc"
+    rootfs: str = "/"
+    libraries: tuple[LibrarySpec, ...] = field(default_factory=_default_libraries)
+    shims: tuple[str, ...] = ("vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart")
+    links: tuple[LinkSpec, ...] = field(default_factory=_default_links)
+    groups: tuple[GroupSpec, ...] = field(default_factory=_default_groups)
+    crash_loop: CrashLoopSpec = field(default_factory=CrashLoopSpec)
+    ollama: OllamaSpec = field(default_factory=OllamaSpec)
+    events: EventsSpec = field(default_factory=EventsSpec)
+    web_config_file: str | None = None
+    source: str = ""
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+    def library(self, name: str) -> LibrarySpec:
+        for spec in self.libraries:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def group(self, name: str) -> GroupSpec:
+        for spec in self.groups:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def load_config(path: str | None) -> Config:
+    """The config in `path`, or the built-in defaults when `path` is None."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise ConfigError("", f"cannot read config file: {err.strerror}", source=path) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"config file is not UTF-8: {err}", source=path) from err
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, *, source: str = "config") -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError("", f"invalid YAML: {problem}", source=source, line=line) from err
+    lines: dict[str, int] = {}
+    data = {} if node is None else _plain(node, "", lines, source)
+    return _Validator(lines, source).config(data)
+
+
+def _plain(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> Any:
+    """The node as plain Python values, recording the line of every key path."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            key_path = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                raise ConfigError(
+                    key_path, "keys must be strings", source=source,
+                    line=key_node.start_mark.line + 1,
+                )
+            if key in result:
+                raise ConfigError(
+                    key_path, "duplicate key", source=source, line=key_node.start_mark.line + 1
+                )
+            lines[key_path] = key_node.start_mark.line + 1
+            result[key] = _plain(value_node, key_path, lines, source)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _plain(item, f"{path}[{index}]", lines, source) for index, item in enumerate(node.value)
+        ]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        return node  # a complex key; rejected by the caller as "not a string"
+    return yaml.SafeLoader("").construct_object(node)
+
+
+class _Validator:
+    """Checks plain data against the schema; every error names the key path and line."""
+
+    def __init__(self, lines: Mapping[str, int], source: str):
+        self._lines = lines
+        self._source = source
+
+    def error(self, path: str, message: str) -> ConfigError:
+        line = self._lines.get(path)
+        return ConfigError(path, message, source=self._source, line=line)
+
+    # -- generic shapes ---------------------------------------------------------------------
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {_type_name(value)}")
+        for key in value:
+            if key not in allowed:
+                key_path = f"{path}.{key}" if path else key
+                raise self.error(key_path, f"unknown key (known here: {', '.join(allowed)})")
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(path, f"expected a non-empty string, got {_type_name(value)}")
+        return value
+
+    def optional_string(self, value: Any, path: str) -> str | None:
+        if value is None or value == "":
+            return None
+        return self.string(value, path)
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(path, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(path, f"expected an integer, got {_type_name(value)}")
+        if value < minimum:
+            raise self.error(path, f"must be at least {minimum}, got {value}")
+        return value
+
+    def duration(self, value: Any, path: str, minimum: float) -> float:
+        if not isinstance(value, str):
+            raise self.error(path, f"expected a duration like 5s or 10m, got {_type_name(value)}")
+        try:
+            seconds = parse_duration(value)
+        except ValueError as err:
+            raise self.error(path, str(err)) from None
+        if seconds < minimum:
+            raise self.error(path, f"must be at least {minimum:g}s, got {value}")
+        return seconds
+
+    def regex(self, value: Any, path: str) -> re.Pattern[str] | None:
+        if value is None:
+            return None
+        text = self.string(value, path)
+        try:
+            return re.compile(text)
+        except re.error as err:
+            raise self.error(path, f"invalid regular expression: {err}") from None
+
+    def absolute_path(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if not os.path.isabs(text):
+            raise self.error(path, f"expected an absolute path, got {text!r}")
+        return os.path.normpath(text)
+
+    def view(self, value: Any, path: str) -> str:
+        if value is None:
+            return "host"
+        if value not in VIEWS:
+            raise self.error(path, f"expected one of {', '.join(VIEWS)}, got {value!r}")
+        return value
+
+    def name_list(self, value: Any, path: str, known: Mapping[str, object]) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.error(path, f"expected a list of library names, got {_type_name(value)}")
+        names = []
+        for index, item in enumerate(value):
+            item_path = f"{path}[{index}]"
+            name = self.string(item, item_path)
+            if name not in known:
+                raise self.error(item_path, f"library {name!r} is not defined under libraries:")
+            names.append(name)
+        return tuple(dict.fromkeys(names))
+
+    # -- sections -----------------------------------------------------------------------------
+
+    def config(self, data: Any) -> Config:
+        defaults = Config()
+        top = self.mapping(data, "", _TOP_KEYS)
+        host, port = self.listen(top.get("listen", defaults.listen), "listen")
+        libraries = (
+            self.libraries(top["libraries"]) if "libraries" in top else defaults.libraries
+        )
+        by_name = {spec.name: spec for spec in libraries}
+        shims = (
+            self.name_list(top["shims"], "shims", by_name) if "shims" in top else defaults.shims
+        )
+        self.check_names_defined(shims, by_name, "shims")
+        groups = self.groups(top["groups"], by_name) if "groups" in top else defaults.groups
+        for group in groups:
+            self.check_names_defined(group.expect, by_name, f"groups.{group.name}.expect")
+        return Config(
+            listen_host=host,
+            listen_port=port,
+            interval=self.get(top, "interval", defaults.interval,
+                              lambda v, p: self.duration(v, p, 0.05)),
+            procfs=self.get(top, "procfs", defaults.procfs, self.absolute_path),
+            rootfs=self.get(top, "rootfs", defaults.rootfs, self.absolute_path),
+            libraries=libraries,
+            shims=shims,
+            links=self.links(top["links"]) if "links" in top else defaults.links,
+            groups=groups,
+            crash_loop=self.crash_loop(top.get("crash_loop")),
+            ollama=self.ollama(top.get("ollama")),
+            events=self.events(top.get("events")),
+            web_config_file=self.get(top, "web_config_file", None, self.optional_path),
+            source=self._source,
+        )
+
+    def get(self, section: Mapping[str, Any], key: str, default: Any,
+            convert: Callable[[Any, str], Any], prefix: str = "") -> Any:
+        if key not in section:
+            return default
+        return convert(section[key], f"{prefix}{key}")
+
+    def optional_path(self, value: Any, path: str) -> str | None:
+        if value is None or value == "":
+            return None
+        return self.absolute_path(value, path)
+
+    def check_names_defined(self, names: tuple[str, ...], known: Mapping[str, object],
+                            path: str) -> None:
+        # Reached when `libraries:` is overridden but `shims:`/`expect:` keep their defaults.
+        for name in names:
+            if name not in known:
+                raise self.error(path, f"library {name!r} is not defined under libraries:")
+
+    def listen(self, value: Any, path: str) -> tuple[str, int]:
+        text = self.string(value, path)
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+        if not match:
+            raise self.error(path, f"expected host:port (or [ipv6]:port), got {text!r}")
+        host = match.group(1) or match.group(3) or "0.0.0.0"
+        port = int(match.group(2) or match.group(4))
+        if not 0 <= port <= 65535:
+            raise self.error(path, f"port out of range: {port}")
+        if match.group(1):
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise self.error(path, f"invalid IPv6 address {host!r}") from None
+        return host, port
+
+    def libraries(self, value: Any) -> tuple[LibrarySpec, ...]:
+        if not isinstance(value, dict) or not value:
+            raise self.error("libraries", "expected a non-empty mapping of library names")
+        specs = []
+        for name, body in value.items():
+            path = f"libraries.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise self.error(path, "library names may use letters, digits, '_', '.', '-'")
+            section = self.mapping(body, path, ("path", "name", "driver", "view"))
+            has_path, has_name = "path" in section, "name" in section
+            if has_path == has_name:
+                raise self.error(path, "give exactly one of path: (a file) or name: (a glob)")
+            specs.append(LibrarySpec(
+                name=name,
+                path=self.absolute_path(section["path"], f"{path}.path") if has_path else None,
+                glob=self.string(section["name"], f"{path}.name") if has_name else None,
+                driver=self.get(section, "driver", False, self.boolean, f"{path}."),
+                view=self.view(section.get("view"), f"{path}.view"),
+            ))
+        return tuple(specs)
+
+    def links(self, value: Any) -> tuple[LinkSpec, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.error("links", f"expected a list, got {_type_name(value)}")
+        specs = []
+        for index, body in enumerate(value):
+            path = f"links[{index}]"
+            section = self.mapping(body, path, ("path", "target", "view"))
+            for required in ("path", "target"):
+                if required not in section:
+                    raise self.error(path, f"missing {required}:")
+            specs.append(LinkSpec(
+                path=self.absolute_path(section["path"], f"{path}.path"),
+                target=self.absolute_path(section["target"], f"{path}.target"),
+                view=self.view(section.get("view"), f"{path}.view"),
+            ))
+        seen = set()
+        for index, spec in enumerate(specs):
+            if (spec.view, spec.path) in seen:
+                raise self.error(f"links[{index}].path", f"link {spec.path} is listed twice")
+            seen.add((spec.view, spec.path))
+        return tuple(specs)
+
+    def groups(self, value: Any, libraries: Mapping[str, LibrarySpec]) -> tuple[GroupSpec, ...]:
+        if not isinstance(value, dict) or not value:
+            raise self.error("groups", "expected a non-empty mapping of group names")
+        specs = []
+        for name, body in value.items():
+            path = f"groups.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise self.error(path, "group names may use letters, digits, '_', '.', '-'")
+            section = self.mapping(body, path, ("comm", "exe", "cmdline", "expect"))
+            patterns = {key: self.regex(section.get(key), f"{path}.{key}")
+                        for key in ("comm", "exe", "cmdline")}
+            if not any(patterns.values()):
+                raise self.error(path, "give at least one of comm:, exe:, cmdline:")
+            specs.append(GroupSpec(
+                name=name,
+                expect=self.name_list(section.get("expect"), f"{path}.expect", libraries),
+                **patterns,
+            ))
+        return tuple(specs)
+
+    def crash_loop(self, value: Any) -> CrashLoopSpec:
+        section = self.mapping(value, "crash_loop", ("crashes", "window"))
+        defaults = CrashLoopSpec()
+        return CrashLoopSpec(
+            crashes=self.get(section, "crashes", defaults.crashes,
+                             lambda v, p: self.integer(v, p, 1), "crash_loop."),
+            window=self.get(section, "window", defaults.window,
+                            lambda v, p: self.duration(v, p, 1.0), "crash_loop."),
+        )
+
+    def ollama(self, value: Any) -> OllamaSpec:
+        section = self.mapping(
+            value, "ollama", ("url", "timeout", "log", "models_dir", "expected_gpus")
+        )
+        defaults = OllamaSpec()
+        return OllamaSpec(
+            url=self.get(section, "url", defaults.url, self.url, "ollama."),
+            timeout=self.get(section, "timeout", defaults.timeout,
+                             lambda v, p: self.duration(v, p, 0.01), "ollama."),
+            log=self.ollama_log(section["log"]) if "log" in section else defaults.log,
+            models_dir=self.get(section, "models_dir", defaults.models_dir,
+                                self.absolute_path, "ollama."),
+            expected_gpus=self.get(section, "expected_gpus", defaults.expected_gpus,
+                                   lambda v, p: self.integer(v, p, 0), "ollama."),
+        )
+
+    def ollama_log(self, value: Any) -> OllamaLogSpec:
+        section = self.mapping(value, "ollama.log", ("journal_unit", "file"))
+        if "journal_unit" in section and "file" in section:
+            raise self.error("ollama.log", "give one of journal_unit: or file:, not both")
+        return OllamaLogSpec(
+            journal_unit=self.get(section, "journal_unit", None, self.string, "ollama.log."),
+            file=self.get(section, "file", None, self.absolute_path, "ollama.log."),
+        )
+
+    def url(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(path, f"expected an http:// or https:// URL, got {text!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise self.error(path, f"invalid port in {text!r}") from None
+        return text.rstrip("/")
+
+    def events(self, value: Any) -> EventsSpec:
+        section = self.mapping(value, "events", ("file", "max_bytes", "memory"))
+        defaults = EventsSpec()
+        return EventsSpec(
+            file=self.get(section, "file", defaults.file, self.optional_path, "events."),
+            max_bytes=self.get(section, "max_bytes", defaults.max_bytes,
+                               lambda v, p: self.integer(v, p, 4096), "events."),
+            memory=self.get(section, "memory", defaults.memory,
+                            lambda v, p: self.integer(v, p, 1), "events."),
+        )
+
+
+_TOP_KEYS = (
+    "listen", "interval", "procfs", "rootfs", "libraries", "shims", "links", "groups",
+    "crash_loop", "ollama", "events", "web_config_file",
+)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"

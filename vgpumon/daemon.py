@@ -1,0 +1,250 @@
+"""The daemon: one loop that waits on every event source and a timer, refreshes, publishes.
+
+Event sources register a file descriptor and a handler with `Daemon.watch`; the handler runs
+in the loop thread when the descriptor is readable and asks for a targeted refresh. The timer
+(`interval`) is the safety net that re-reads everything. The HTTP server runs in its own
+threads and only reads what the loop published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from vgpumon import events as ev
+from vgpumon.config import Config, ConfigError
+from vgpumon.eventlog import EventLog
+from vgpumon.events import Event
+from vgpumon.exporter import VgpumonCollector
+from vgpumon.health import CollectorHealth
+from vgpumon.observer import HostObserver
+from vgpumon.publication import Published, Publisher, RuntimeInfo
+from vgpumon.state import HostState, ProcessState, diff, process_started_event
+from vgpumon.tracker import Tracker
+from vgpumon.web import ExporterServer
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[float], None]
+
+
+class Daemon:
+    def __init__(self, config: Config, *, reload_config: Callable[[], Config] | None = None):
+        now = time.time()
+        self.config = config
+        self._reload_config = reload_config
+        self.health = CollectorHealth()
+        self.observer = HostObserver(config, self.health)
+        self.tracker = Tracker(config.crash_loop)
+        self.event_log = EventLog(config.events.file, config.events.max_bytes)
+        self._recent: deque[Event] = deque(maxlen=config.events.memory)
+        self.runtime = RuntimeInfo(started_at=now, config_reload_timestamp=now, heartbeat=now)
+        self._state = HostState(now)
+        self.publisher = Publisher(self._published(now))
+        self._selector = selectors.DefaultSelector()
+        self._stopping = False
+        self._reload_requested = False
+        self._next_refresh = 0.0
+        self.server: ExporterServer | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def registry(self, *, with_process_metrics: bool = True) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(VgpumonCollector(lambda: self.publisher.current))
+        if with_process_metrics:
+            ProcessCollector(registry=registry)
+        return registry
+
+    def bind(self) -> ExporterServer:
+        """Open the exporter's port (after the config was validated and the first refresh)."""
+        self.server = ExporterServer((self.config.listen_host, self.config.listen_port),
+                                     self.registry(), self.publisher)
+        log.info("listening address=%s", self.config.listen)
+        return self.server
+
+    def watch(self, fd: int, handler: Handler) -> None:
+        """Call `handler(now)` in the loop whenever `fd` is readable."""
+        self._selector.register(fd, selectors.EVENT_READ, handler)
+
+    def unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The first refresh: a baseline, so processes already running are not "started"."""
+        now = time.time()
+        self._state = self.observer.refresh(now)
+        self._next_refresh = time.monotonic() + self.config.interval
+        self._publish(now)
+        log.info("first refresh processes=%d links=%d", len(self._state.processes),
+                 len(self._state.links))
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads the config."""
+        wakeup_read, wakeup_write = socket.socketpair()
+        wakeup_read.setblocking(False)
+        wakeup_write.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+        handlers = {
+            signal.SIGTERM: self._on_stop_signal,
+            signal.SIGINT: self._on_stop_signal,
+            signal.SIGHUP: self._on_reload_signal,
+        }
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        self.watch(wakeup_read.fileno(), lambda _now: _drain(wakeup_read))
+        if self.server is not None:
+            self.server.serve_in_thread()
+        try:
+            while not self._stopping:
+                self.step()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_fd)
+            self.unwatch(wakeup_read.fileno())
+            wakeup_read.close()
+            wakeup_write.close()
+            self.close()
+        log.info("stopped")
+        return 0
+
+    def step(self) -> None:
+        """One turn of the loop: wait for an event or the timer, then handle it."""
+        timeout = max(0.0, self._next_refresh - time.monotonic())
+        for key, _mask in self._selector.select(timeout):
+            handler: Handler = key.data
+            handler(time.time())
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        if time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + self.config.interval
+            self.apply(self.observer.refresh(time.time()))
+        else:
+            self.heartbeat()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        self.event_log.close()
+
+    # -- state changes ---------------------------------------------------------------------
+
+    def apply(self, new: HostState, extra: Iterable[Event] = ()) -> None:
+        """Adopt a new snapshot: derive events from the difference, count, log, publish."""
+        now = new.taken_at
+        change = diff(self._state, new)
+        found = [process_started_event(p, now) for p in change.started]
+        found += [self.exit_event(p, now) for p in change.vanished]
+        found += change.events
+        found += extra
+        self._state = new
+        self.record(found, now)
+
+    def record(self, found: Iterable[Event], now: float) -> None:
+        """Count and keep events that did not come from a snapshot difference."""
+        recorded = self.tracker.record(found)
+        recorded += self.tracker.tick(now)
+        for event in recorded:
+            log.info("event kind=%s %s", event.kind, _fields(event))
+        self.event_log.append(recorded)
+        self._recent.extend(recorded)
+        self._publish(now)
+
+    def exit_event(self, state: ProcessState, now: float) -> Event:
+        """The exit of a process that vanished between two scans (status not seen)."""
+        process = state.process
+        return Event(now, ev.PROCESS_EXITED, {
+            "group": process.group, "pid": process.pid, "reason": "unknown",
+            **({"model": process.model_arg} if process.model_arg else {}),
+        })
+
+    def heartbeat(self) -> None:
+        """Publish that the loop is alive (for /healthz and the systemd watchdog)."""
+        self._publish(time.time())
+
+    def reload(self) -> None:
+        """Re-read the config; keep the old one (and say why) if the new one is bad."""
+        now = time.time()
+        if self._reload_config is None:
+            return
+        try:
+            config = self._reload_config()
+        except ConfigError as err:
+            log.error("config reload failed, keeping the old config error=%r", str(err))
+            self._set_runtime(config_reload_success=False, config_reload_timestamp=now)
+            return
+        if config.listen != self.config.listen:
+            log.warning("listen changed; restart vgpumon to apply it old=%s new=%s",
+                        self.config.listen, config.listen)
+        self.config = config
+        self.observer = HostObserver(config, self.health)
+        self.tracker.reconfigure(config.crash_loop)
+        if config.events.file != self.event_log.path:
+            self.event_log.close()
+            self.event_log = EventLog(config.events.file, config.events.max_bytes)
+        self._recent = deque(self._recent, maxlen=config.events.memory)
+        self._set_runtime(config_reload_success=True, config_reload_timestamp=now)
+        self.start()
+        log.info("config reloaded source=%s", config.source or "defaults")
+
+    # -- publication ---------------------------------------------------------------------------
+
+    def _set_runtime(self, **changes: object) -> None:
+        self.runtime = replace(self.runtime, **changes)
+
+    def _published(self, now: float) -> Published:
+        return Published(
+            config=self.config,
+            state=self._state,
+            counters=self.tracker.counters(now),
+            runtime=self.runtime,
+            recent_events=tuple(self._recent),
+        )
+
+    def _publish(self, now: float) -> None:
+        self._set_runtime(heartbeat=now, event_log_dropped=self.event_log.dropped)
+        self.publisher.publish(self._published(now))
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _on_reload_signal(self, _signum: int, _frame: object) -> None:
+        self._reload_requested = True
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _fields(event: Event) -> str:
+    parts = []
+    for key, value in event.fields.items():
+        text = str(value)
+        if not text or any(c in text for c in ' ="'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+

@@ -1,0 +1,221 @@
+"""Prometheus metrics: families built from the published snapshot, nothing else.
+
+Where a metric comes from: each family below names the snapshot or counter field it reads;
+the snapshot fields are filled by the sources in `vgpumon.sources`. Every configured group,
+library and link is exported even when nothing matches, so alerts can fire on absence.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vgpumon import __version__
+from vgpumon.events import ALL_KINDS
+from vgpumon.exits import REASONS
+from vgpumon.publication import Published
+from vgpumon.sources.libraries import bypassing
+from vgpumon.sources.links import LINK_STATES
+
+log = logging.getLogger(__name__)
+
+EXIT_MECHANISMS = ("proc_connector", "pidfd", "poll")
+OVERFLOW_SOURCES = ("proc_connector", "inotify")
+
+
+class VgpumonCollector(Collector):
+    """A prometheus-client collector over whatever `current()` returns at scrape time."""
+
+    def __init__(self, current: Callable[[], Published]):
+        self._current = current
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not trigger a collection
+
+    def collect(self) -> Iterator[Metric]:
+        published = self._current()
+        try:
+            metrics = list(families(published))
+        except Exception:  # a bug here must not turn the scrape into an HTTP 500
+            log.exception("building metrics failed")
+            metrics = [build_info()]
+        yield from metrics
+
+
+def families(published: Published) -> Iterator[Metric]:
+    yield build_info()
+    yield from collector_families(published)
+    yield from process_families(published)
+    yield from library_families(published)
+    yield from link_families(published)
+    yield from lifecycle_families(published)
+    yield from self_families(published)
+
+
+def build_info() -> Metric:
+    family = GaugeMetricFamily("vgpumon_build_info", "vgpumon version and Python version.",
+                               labels=["version", "python_version"])
+    family.add_metric([__version__, platform.python_version()], 1)
+    return family
+
+
+def collector_families(published: Published) -> Iterator[Metric]:
+    success = GaugeMetricFamily("vgpumon_collector_success",
+                                "Whether the last refresh of this source worked.",
+                                labels=["collector"])
+    duration = GaugeMetricFamily("vgpumon_collector_duration_seconds",
+                                 "How long the last refresh of this source took.",
+                                 labels=["collector"])
+    last = GaugeMetricFamily("vgpumon_collector_last_success_timestamp_seconds",
+                             "When this source last refreshed successfully.",
+                             labels=["collector"])
+    for status in published.state.collectors:
+        success.add_metric([status.name], 1 if status.success else 0)
+        duration.add_metric([status.name], status.duration)
+        if status.last_success is not None:
+            last.add_metric([status.name], status.last_success)
+    yield from (success, duration, last)
+
+
+def process_families(published: Published) -> Iterator[Metric]:
+    config, state = published.config, published.state
+    count = GaugeMetricFamily("vgpumon_processes", "Processes in the group now.",
+                              labels=["group"])
+    oldest = GaugeMetricFamily("vgpumon_process_oldest_start_time_seconds",
+                               "Start time of the group's oldest process.", labels=["group"])
+    unreadable = GaugeMetricFamily("vgpumon_processes_unreadable",
+                                   "Processes whose maps could not be read (permission).",
+                                   labels=["group"])
+    bypass = GaugeMetricFamily("vgpumon_processes_bypassing_shim",
+                               "Processes mapping the real driver while mapping no shim.",
+                               labels=["group"])
+    gpu = GaugeMetricFamily("vgpumon_processes_with_gpu_device",
+                            "Processes mapping an NVIDIA device file (they hold a CUDA context).",
+                            labels=["group"])
+    drivers = frozenset(spec.name for spec in config.libraries if spec.driver)
+    shims = frozenset(config.shims)
+    for group in config.groups:
+        members = state.in_group(group.name)
+        readable = [m for m in members if m.libraries.readable]
+        count.add_metric([group.name], len(members))
+        if members:
+            oldest.add_metric([group.name], min(m.process.start_time for m in members))
+        unreadable.add_metric([group.name], len(members) - len(readable))
+        bypass.add_metric([group.name],
+                          sum(1 for m in readable if bypassing(m.libraries, drivers, shims)))
+        gpu.add_metric([group.name], sum(1 for m in readable if m.libraries.gpu_device))
+    yield from (count, oldest, unreadable, bypass, gpu)
+
+
+def library_families(published: Published) -> Iterator[Metric]:
+    config, state = published.config, published.state
+    mapped = GaugeMetricFamily("vgpumon_processes_with_library",
+                               "Processes in the group mapping the library.",
+                               labels=["group", "library"])
+    missing = GaugeMetricFamily("vgpumon_processes_missing_library",
+                                "Processes in the group expected to map the library (expect:) "
+                                "that do not.", labels=["group", "library"])
+    stale = GaugeMetricFamily("vgpumon_processes_stale_library",
+                              "Processes mapping a deleted or replaced copy of the library.",
+                              labels=["group", "library"])
+    for group in config.groups:
+        readable = [m.libraries for m in state.in_group(group.name) if m.libraries.readable]
+        for spec in config.libraries:
+            labels = [group.name, spec.name]
+            mapped.add_metric(labels, sum(1 for libs in readable if libs.mapped(spec.name)))
+            stale.add_metric(labels, sum(1 for libs in readable if libs.stale(spec.name)))
+            if spec.name in group.expect:
+                missing.add_metric(labels,
+                                   sum(1 for libs in readable if not libs.mapped(spec.name)))
+    present = GaugeMetricFamily("vgpumon_library_present",
+                                "Whether a path: library exists on disk.", labels=["library"])
+    for found in state.library_files:
+        present.add_metric([found.library], 1 if found.present else 0)
+    info = GaugeMetricFamily("vgpumon_library_info",
+                             "Configured libraries and their kind (shim, driver or library).",
+                             labels=["library", "kind"])
+    for spec in config.libraries:
+        kind = "shim" if spec.name in config.shims else "driver" if spec.driver else "library"
+        info.add_metric([spec.name, kind], 1)
+    yield from (mapped, missing, stale, present, info)
+
+
+def link_families(published: Published) -> Iterator[Metric]:
+    state, counters = published.state, published.counters
+    link_state = GaugeMetricFamily("vgpumon_shim_link_state",
+                                   "State of each configured shim link (one state is 1).",
+                                   labels=["path", "state"])
+    changes = CounterMetricFamily("vgpumon_shim_link_changes",
+                                  "Times the link's state or target changed.", labels=["path"])
+    last_change = GaugeMetricFamily("vgpumon_shim_link_last_change_timestamp_seconds",
+                                    "When the link last changed.", labels=["path"])
+    for link in state.links:
+        for name in LINK_STATES:
+            link_state.add_metric([link.path, name], 1 if link.state == name else 0)
+        changes.add_metric([link.path], counters.link_changes.get(link.path, 0))
+        if link.path in counters.link_last_change:
+            last_change.add_metric([link.path], counters.link_last_change[link.path])
+    yield from (link_state, changes, last_change)
+
+
+def lifecycle_families(published: Published) -> Iterator[Metric]:
+    config, counters = published.config, published.counters
+    starts = CounterMetricFamily("vgpumon_process_starts", "Processes seen starting.",
+                                 labels=["group"])
+    exits = CounterMetricFamily("vgpumon_process_exits", "Process exits by reason.",
+                                labels=["group", "reason"])
+    crashes = CounterMetricFamily("vgpumon_process_crashes",
+                                  "Exits with reason error, crash or oom.", labels=["group"])
+    last_crash = GaugeMetricFamily("vgpumon_process_last_crash_timestamp_seconds",
+                                   "When the group last crashed.", labels=["group"])
+    loop = GaugeMetricFamily("vgpumon_crash_loop",
+                             "1 while the crashes inside the crash_loop window reach the "
+                             "threshold.", labels=["group"])
+    window_crashes = GaugeMetricFamily("vgpumon_crash_loop_crashes",
+                                       "Crashes inside the current crash_loop window.",
+                                       labels=["group"])
+    window_starts = GaugeMetricFamily("vgpumon_process_window_starts",
+                                      "Process starts inside the current crash_loop window.",
+                                      labels=["group"])
+    for group in (g.name for g in config.groups):
+        starts.add_metric([group], counters.starts.get(group, 0))
+        for reason in REASONS:
+            exits.add_metric([group, reason], counters.exits.get((group, reason), 0))
+        crashes.add_metric([group], counters.crashes.get(group, 0))
+        if group in counters.last_crash:
+            last_crash.add_metric([group], counters.last_crash[group])
+        loop.add_metric([group], 1 if counters.crash_loop.get(group) else 0)
+        window_crashes.add_metric([group], counters.window_crashes.get(group, 0))
+        window_starts.add_metric([group], counters.window_starts.get(group, 0))
+    yield from (starts, exits, crashes, last_crash, loop, window_crashes, window_starts)
+
+
+def self_families(published: Published) -> Iterator[Metric]:
+    counters, runtime = published.counters, published.runtime
+    events = CounterMetricFamily("vgpumon_events", "Events recorded, by kind.", labels=["kind"])
+    for kind in sorted(set(ALL_KINDS) | set(counters.events)):
+        events.add_metric([kind], counters.events.get(kind, 0))
+    mechanism = GaugeMetricFamily("vgpumon_exit_watch_info",
+                                  "How process exits are observed (1 for the one in use).",
+                                  labels=["mechanism"])
+    for name in EXIT_MECHANISMS:
+        mechanism.add_metric([name], 1 if runtime.exit_mechanism == name else 0)
+    overflows = CounterMetricFamily("vgpumon_event_source_overflows",
+                                    "Times an event source lost events and a full rescan ran.",
+                                    labels=["source"])
+    for name in OVERFLOW_SOURCES:
+        overflows.add_metric([name], runtime.overflows.get(name, 0))
+    dropped = CounterMetricFamily("vgpumon_event_log_dropped",
+                                  "Events that could not be written to the event log.")
+    dropped.add_metric([], runtime.event_log_dropped)
+    reload_ok = GaugeMetricFamily("vgpumon_config_last_reload_success",
+                                  "Whether the last configuration (re)load worked.")
+    reload_ok.add_metric([], 1 if runtime.config_reload_success else 0)
+    reload_ts = GaugeMetricFamily("vgpumon_config_last_reload_timestamp_seconds",
+                                  "When the configuration was last (re)loaded.")
+    reload_ts.add_metric([], runtime.config_reload_timestamp)
+    yield from (events, mechanism, overflows, dropped, reload_ok, reload_ts)

@@ -1,0 +1,57 @@
+"""The small framework that times every source and records whether it worked.
+
+Like node_exporter, the framework, not the source, produces
+``vgpumon_collector_{success,duration_seconds,last_success_timestamp_seconds}``. A source that
+raises is marked failed and logged once per failure streak; the rest of the refresh goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from vgpumon.state import CollectorStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class CollectorHealth:
+    def __init__(self) -> None:
+        self._status: dict[str, CollectorStatus] = {}
+
+    def run(self, name: str, now: float, action: Callable[[], T]) -> T | None:
+        """Run one source's refresh; None if it failed."""
+        started = time.perf_counter()
+        try:
+            result = action()
+        except Exception as err:  # sources are isolated: any failure is that source's alone
+            self.record(name, now, False, time.perf_counter() - started, _describe(err))
+            return None
+        self.record(name, now, True, time.perf_counter() - started)
+        return result
+
+    def record(self, name: str, now: float, success: bool, duration: float,
+               error: str | None = None) -> None:
+        """Record the outcome of a source that reports on itself."""
+        previous = self._status.get(name)
+        last_success = now if success else (previous.last_success if previous else None)
+        if not success and (previous is None or previous.success):
+            log.error("collector failed collector=%s error=%r", name, error)
+        elif success and previous is not None and not previous.success:
+            log.info("collector recovered collector=%s", name)
+        self._status[name] = CollectorStatus(name, success, duration, last_success,
+                                             None if success else error)
+
+    def forget(self, name: str) -> None:
+        self._status.pop(name, None)
+
+    def statuses(self) -> tuple[CollectorStatus, ...]:
+        return tuple(self._status[name] for name in sorted(self._status))
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,165 @@
+"""The host observer: runs the /proc and filesystem sources and assembles `HostState`.
+
+A full refresh scans processes, stats the configured libraries and links, and reads the maps
+of every tracked process. Event sources ask for less: the maps of the tracked processes only,
+the links only, or the classification of one new PID. Each call returns a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vgpumon.config import Config
+from vgpumon.health import CollectorHealth
+from vgpumon.paths import FileView, process_view
+from vgpumon.procfs import MappedFile, ProcFS
+from vgpumon.sources.libraries import (
+    LibraryFile,
+    LibraryMatcher,
+    ProcessLibraries,
+    find_library_file,
+    read_process_libraries,
+)
+from vgpumon.sources.links import ShimLinkState, check_link
+from vgpumon.sources.processes import ProcessScanner, TrackedProcess
+from vgpumon.state import HostState, ProcessState
+
+log = logging.getLogger(__name__)
+
+SERVER_GROUP = "server"
+NOT_READ = ProcessLibraries(readable=False, error="not read yet")
+
+
+class HostObserver:
+    def __init__(self, config: Config, health: CollectorHealth | None = None):
+        self.config = config
+        self.procfs = ProcFS(config.procfs)
+        self.health = health or CollectorHealth()
+        self.host_view = FileView(config.rootfs, "host")
+        self._scanner = ProcessScanner(self.procfs, config.groups)
+        self._processes: tuple[TrackedProcess, ...] = ()
+        self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
+        self._maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
+        self._library_files: tuple[LibraryFile, ...] = ()
+        self._matcher = LibraryMatcher(config.libraries, {})
+        self._links: tuple[ShimLinkState, ...] = ()
+
+    # -- refreshes ------------------------------------------------------------------------------
+
+    def refresh(self, now: float) -> HostState:
+        """Everything: processes, library files, maps, links."""
+        scanned = self.health.run("processes", now, lambda: self._scanner.scan(now))
+        if scanned is not None:
+            self._set_processes(scanned)
+        self._refresh_library_files(now)
+        self._refresh_maps(now, None)
+        self._refresh_links(now)
+        return self.snapshot(now)
+
+    def refresh_maps(self, now: float, pids: frozenset[int] | None = None) -> HostState:
+        """Re-read the maps of tracked processes (all, or those in `pids`)."""
+        self._refresh_maps(now, pids)
+        return self.snapshot(now)
+
+    def refresh_links(self, now: float) -> HostState:
+        """Re-check the links and the library files they point at."""
+        self._refresh_library_files(now)
+        self._refresh_links(now)
+        return self.snapshot(now)
+
+    def classify(self, pid: int, now: float) -> HostState:
+        """A PID exec'd: classify it now, and read its maps if it is tracked."""
+        self._scanner.rescan_pid(pid, now)
+        self._set_processes(self._scanner.tracked())
+        if any(p.pid == pid for p in self._processes):
+            self._refresh_maps(now, frozenset({pid}))
+        return self.snapshot(now)
+
+    def drop(self, pid: int, now: float) -> tuple[TrackedProcess | None, HostState]:
+        """A PID exited: forget it; returns what it was when tracked."""
+        gone = self._scanner.forget(pid)
+        self._set_processes(self._scanner.tracked())
+        return gone, self.snapshot(now)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> HostState:
+        return HostState(
+            taken_at=now,
+            processes=tuple(
+                ProcessState(p, self._libraries.get(p.key, NOT_READ)) for p in self._processes
+            ),
+            links=self._links,
+            library_files=self._library_files,
+            collectors=self.health.statuses(),
+        )
+
+    def last_maps(self, key: tuple[int, int]) -> tuple[MappedFile, ...]:
+        """The maps last read for a process (kept by the caller for crash attribution)."""
+        return self._maps.get(key, ())
+
+    def server(self) -> TrackedProcess | None:
+        """The Ollama server: the oldest process of the group named ``server``."""
+        servers = [p for p in self._processes if p.group == SERVER_GROUP]
+        return min(servers, key=lambda p: p.start_time) if servers else None
+
+    def view(self, name: str) -> FileView | None:
+        """The filesystem view a configured path lives in (``host`` or ``server``)."""
+        if name == "host":
+            return self.host_view
+        server = self.server()
+        return process_view(self.procfs.root, server.pid) if server else None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _set_processes(self, processes: tuple[TrackedProcess, ...]) -> None:
+        self._processes = processes
+        live = {p.key for p in processes}
+        for key in list(self._libraries):
+            if key not in live:
+                del self._libraries[key]
+                self._maps.pop(key, None)
+
+    def _refresh_library_files(self, now: float) -> None:
+        def find() -> tuple[LibraryFile, ...]:
+            found = []
+            for spec in self.config.libraries:
+                if spec.path is None:
+                    continue
+                view = self.view(spec.view)
+                if view is None:
+                    found.append(LibraryFile(spec.name, spec.path, spec.path, None, None,
+                                             f"no {spec.view} view"))
+                else:
+                    found.append(find_library_file(view, spec))
+            return tuple(found)
+
+        files = self.health.run("libraries", now, find)
+        if files is not None:
+            self._library_files = files
+            self._matcher = LibraryMatcher(self.config.libraries,
+                                           {f.library: f for f in files})
+
+    def _refresh_maps(self, now: float, pids: frozenset[int] | None) -> None:
+        def read() -> None:
+            for process in self._processes:
+                if pids is not None and process.pid not in pids:
+                    continue
+                libraries, maps = read_process_libraries(self.procfs, process.pid, self._matcher)
+                if libraries.readable and not maps:
+                    # Only a zombie maps nothing at all; keep the last state until it is reaped.
+                    continue
+                self._libraries[process.key] = libraries
+                if maps:
+                    self._maps[process.key] = maps
+
+        self.health.run("maps", now, read)
+
+    def _refresh_links(self, now: float) -> None:
+        def check() -> tuple[ShimLinkState, ...]:
+            return tuple(check_link(self.view(spec.view), spec) for spec in self.config.links)
+
+        links = self.health.run("links", now, check)
+        if links is not None:
+            self._links = links
+

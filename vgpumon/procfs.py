@@ -1,0 +1,203 @@
+"""`/proc` files: pure parsers over bytes, and a thin reader rooted at a configurable procfs.
+
+Parsers never touch the filesystem; `ProcFS` only reads bytes and hands them over. A file that
+vanishes or is unreadable raises the OSError of the read, which callers map to "gone" or
+"unreadable" — never to "not loaded".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DELETED_SUFFIX = " (deleted)"
+
+
+class ProcParseError(ValueError):
+    """A /proc file did not have the documented shape."""
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` vgpumon uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    start_ticks: int
+
+
+def parse_stat(data: bytes) -> ProcStat:
+    """Parse ``/proc/PID/stat``; `comm` may hold spaces and ``)``, so split at the last ``)``."""
+    open_paren = data.find(b"(")
+    close_paren = data.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ProcParseError("stat: no (comm)")
+    fields = data[close_paren + 2:].split()
+    # After comm: state(3) ppid(4) ... starttime(22) -> indexes 0, 1, 19 of `fields`.
+    if len(fields) < 20:
+        raise ProcParseError(f"stat: {len(fields)} fields after comm, expected at least 20")
+    try:
+        return ProcStat(
+            pid=int(data[:open_paren]),
+            comm=data[open_paren + 1:close_paren].decode("utf-8", "replace"),
+            state=fields[0].decode("ascii", "replace"),
+            ppid=int(fields[1]),
+            start_ticks=int(fields[19]),
+        )
+    except ValueError as err:
+        raise ProcParseError(f"stat: {err}") from None
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """argv from ``/proc/PID/cmdline`` (NUL-separated; empty for kernel threads and zombies)."""
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(arg.decode("utf-8", "surrogateescape") for arg in data.split(b"\0"))
+
+
+def parse_environ(data: bytes) -> dict[str, str]:
+    """``/proc/PID/environ`` as a dict; entries without ``=`` are skipped."""
+    result: dict[str, str] = {}
+    for entry in data.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and name:
+            result[name.decode("utf-8", "surrogateescape")] = value.decode(
+                "utf-8", "surrogateescape"
+            )
+    return result
+
+
+def parse_boot_time(data: bytes) -> float:
+    """``btime`` from ``/proc/stat``: the boot time in unix seconds."""
+    for line in data.splitlines():
+        if line.startswith(b"btime "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                break
+    raise ProcParseError("/proc/stat: no btime line")
+
+
+@dataclass(frozen=True)
+class MappedRange:
+    start: int
+    end: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """One file mapped into a process: all its VMAs folded together.
+
+    `path` is the path in the process's own mount namespace without the ``" (deleted)"``
+    suffix; `deleted` says the kernel appended it (the name was unlinked or replaced).
+    """
+
+    path: str
+    dev: int
+    inode: int
+    deleted: bool
+    ranges: tuple[MappedRange, ...]
+
+    @property
+    def basename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def contains(self, address: int) -> bool:
+        return any(r.start <= address < r.end for r in self.ranges)
+
+
+def parse_maps(data: bytes) -> tuple[MappedFile, ...]:
+    """The file-backed mappings of ``/proc/PID/maps``, one `MappedFile` per file.
+
+    Anonymous mappings (inode 0: heap, stack, vdso, anonymous memory) are skipped before any
+    other work, since they are most of the lines of a large process. Paths are not escaped by
+    the kernel (only newline is, as ``\\012``), so the path is everything after the fifth field.
+    """
+    files: dict[tuple[int, int, str], list[MappedRange]] = {}
+    for line in data.split(b"\n"):
+        fields = line.split(None, 5)
+        if len(fields) < 6 or fields[4] == b"0":
+            continue
+        address, _perms, offset, dev, inode, path = fields
+        try:
+            start, _, end = address.partition(b"-")
+            major, _, minor = dev.partition(b":")
+            key = (
+                os.makedev(int(major, 16), int(minor, 16)),
+                int(inode),
+                path.decode("utf-8", "surrogateescape"),
+            )
+            mapped = MappedRange(int(start, 16), int(end, 16), int(offset, 16))
+        except ValueError:
+            continue  # not a maps line; the kernel never writes one, a fixture might
+        files.setdefault(key, []).append(mapped)
+    result = []
+    for (dev, inode, raw_path), ranges in files.items():
+        deleted = raw_path.endswith(DELETED_SUFFIX)
+        path = raw_path[: -len(DELETED_SUFFIX)] if deleted else raw_path
+        result.append(MappedFile(path, dev, inode, deleted, tuple(ranges)))
+    return tuple(result)
+
+
+class ProcFS:
+    """Reads files of ``<root>/<pid>/``; `root` is the ``procfs:`` setting."""
+
+    def __init__(self, root: str = "/proc"):
+        self.root = root.rstrip("/") or "/"
+        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        self._boot_time: float | None = None
+
+    def path(self, pid: int, name: str = "") -> str:
+        return f"{self.root}/{pid}/{name}" if name else f"{self.root}/{pid}"
+
+    def pids(self) -> list[int]:
+        """Every process ID listed (raises OSError when procfs itself is unreadable)."""
+        return [int(name) for name in os.listdir(self.root) if name.isdigit()]
+
+    def read(self, pid: int, name: str) -> bytes:
+        return read_file(self.path(pid, name))
+
+    def stat(self, pid: int) -> ProcStat:
+        return parse_stat(self.read(pid, "stat"))
+
+    def cmdline(self, pid: int) -> tuple[str, ...]:
+        return parse_cmdline(self.read(pid, "cmdline"))
+
+    def exe(self, pid: int) -> str:
+        return os.readlink(self.path(pid, "exe"))
+
+    def maps(self, pid: int) -> tuple[MappedFile, ...]:
+        return parse_maps(self.read(pid, "maps"))
+
+    def environ(self, pid: int) -> dict[str, str]:
+        return parse_environ(self.read(pid, "environ"))
+
+    def boot_time(self) -> float:
+        if self._boot_time is None:
+            self._boot_time = parse_boot_time(read_file(f"{self.root}/stat"))
+        return self._boot_time
+
+    def start_time(self, start_ticks: int) -> float:
+        """Unix seconds of a process start given in clock ticks since boot."""
+        return self.boot_time() + start_ticks / self._clock_ticks
+
+
+def read_file(path: str, chunk: int = 1 << 16) -> bytes:
+    """The whole file, read with plain os calls (proc files report size 0)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = []
+        while True:
+            part = os.read(fd, chunk)
+            if not part:
+                break
+            parts.append(part)
+            chunk = max(chunk, 1 << 18)
+        return b"".join(parts)
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""Library-load state: which configured libraries a process has mapped, and whether stale.
+
+`path:` libraries are recognised by the (device, inode) of the configured file, falling back to
+the basename of the file it resolves to (device numbers in maps are unreliable on btrfs and on
+overlayfs before Linux 6.8); `name:` libraries by a basename glob. Maps show the resolved file,
+never a symlink name: ``libcuda.so.1 -> libvgpu-cuda.so`` is mapped as ``…/libvgpu-cuda.so``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vgpumon.config import LibrarySpec
+from vgpumon.paths import FileView
+from vgpumon.procfs import MappedFile, ProcFS
+
+GPU_DEVICE_PREFIX = "/dev/nvidia"
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    """A `path:` library as found on disk at the last refresh."""
+
+    library: str
+    path: str
+    resolved: str
+    dev: int | None
+    inode: int | None
+    error: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.inode is not None
+
+
+@dataclass(frozen=True)
+class LibraryMapping:
+    """A configured library mapped in one process."""
+
+    library: str
+    path: str
+    deleted: bool
+    stale: bool
+
+
+@dataclass(frozen=True)
+class ProcessLibraries:
+    """The library-load state of one process at one moment."""
+
+    readable: bool
+    error: str | None = None
+    mappings: tuple[LibraryMapping, ...] = ()
+    gpu_device: bool = False
+
+    def mapped(self, library: str) -> bool:
+        return any(mapping.library == library for mapping in self.mappings)
+
+    def stale(self, library: str) -> bool:
+        return any(m.library == library and m.stale for m in self.mappings)
+
+    def paths(self, library: str) -> tuple[str, ...]:
+        return tuple(m.path for m in self.mappings if m.library == library)
+
+
+UNREADABLE_NOT_TRACKED = ProcessLibraries(readable=False, error="not read yet")
+
+
+def find_library_file(view: FileView, spec: LibrarySpec) -> LibraryFile:
+    """Stat a `path:` library in its view (following symlinks inside that view)."""
+    assert spec.path is not None
+    try:
+        resolved = view.realpath(spec.path)
+    except OSError as err:
+        return LibraryFile(spec.name, spec.path, spec.path, None, None, _describe(err))
+    try:
+        st = os.stat(view.outside(resolved))
+    except FileNotFoundError:
+        return LibraryFile(spec.name, spec.path, resolved, None, None)
+    except OSError as err:
+        return LibraryFile(spec.name, spec.path, resolved, None, None, _describe(err))
+    return LibraryFile(spec.name, spec.path, resolved, st.st_dev, st.st_ino)
+
+
+class LibraryMatcher:
+    """Decides which configured libraries a mapped file is (pure: no I/O)."""
+
+    def __init__(self, specs: tuple[LibrarySpec, ...], files: Mapping[str, LibraryFile]):
+        self._by_identity: dict[tuple[int, int], list[str]] = {}
+        self._by_basename: dict[str, list[str]] = {}
+        self._globs: list[tuple[str, str]] = []
+        for spec in specs:
+            if spec.glob is not None:
+                self._globs.append((spec.name, spec.glob))
+                continue
+            found = files.get(spec.name)
+            resolved = found.resolved if found else spec.path or ""
+            if found is not None and found.present:
+                self._by_identity.setdefault((found.dev, found.inode), []).append(spec.name)
+            self._by_basename.setdefault(os.path.basename(resolved), []).append(spec.name)
+
+    def libraries_of(self, mapped: MappedFile) -> list[tuple[str, bool]]:
+        """(library, matched by file identity) for every library `mapped` is."""
+        found: dict[str, bool] = {}
+        for name in self._by_identity.get((mapped.dev, mapped.inode), ()):
+            found[name] = True
+        for name in self._by_basename.get(mapped.basename, ()):
+            found.setdefault(name, False)
+        for name, pattern in self._globs:
+            if fnmatch.fnmatchcase(mapped.basename, pattern):
+                found.setdefault(name, False)
+        return list(found.items())
+
+
+def library_mappings(procfs: ProcFS, pid: int, maps: tuple[MappedFile, ...],
+                     matcher: LibraryMatcher) -> ProcessLibraries:
+    """Match one process's maps against the configured libraries and check staleness."""
+    mappings = []
+    gpu_device = False
+    for mapped in maps:
+        if mapped.path.startswith(GPU_DEVICE_PREFIX):
+            gpu_device = True
+        for library, by_identity in matcher.libraries_of(mapped):
+            stale = mapped.deleted or (not by_identity and _replaced(procfs, pid, mapped))
+            mappings.append(LibraryMapping(library, mapped.path, mapped.deleted, stale))
+    return ProcessLibraries(readable=True, mappings=tuple(mappings), gpu_device=gpu_device)
+
+
+def _replaced(procfs: ProcFS, pid: int, mapped: MappedFile) -> bool:
+    """Whether the name `mapped` was loaded from now holds another file, in the process's view.
+
+    Looked up through ``/proc/PID/root`` because the path is in the process's mount namespace.
+    An inode that differs on the same device means replaced; when the device differs too, the
+    device numbers are unreliable (overlayfs, btrfs) and only the kernel's "(deleted)" counts.
+    """
+    root = procfs.path(pid, "root")
+    try:
+        st = os.stat(root + mapped.path)
+    except FileNotFoundError:
+        return os.path.exists(root)  # the name is gone, unless the process itself is
+    except OSError:
+        return False  # unreadable: not evidence of anything
+    return st.st_ino != mapped.inode and st.st_dev == mapped.dev
+
+
+def read_process_libraries(procfs: ProcFS, pid: int,
+                           matcher: LibraryMatcher) -> tuple[ProcessLibraries,
+                                                             tuple[MappedFile, ...]]:
+    """Read and match `pid`'s maps; permission problems are "unreadable", never "not loaded"."""
+    try:
+        maps = procfs.maps(pid)
+    except OSError as err:
+        return ProcessLibraries(readable=False, error=_describe(err)), ()
+    return library_mappings(procfs, pid, maps, matcher), maps
+
+
+def _describe(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def bypassing(libraries: ProcessLibraries, driver_names: frozenset[str],
+              shim_names: frozenset[str]) -> bool:
+    """A `driver: true` library is mapped while no shim is."""
+    names = {m.library for m in libraries.mappings}
+    return bool(names & driver_names) and not names & shim_names

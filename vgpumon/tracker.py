@@ -1,0 +1,140 @@
+"""Counters and crash-loop windows, fed by events.
+
+The tracker is owned by the daemon's loop thread. The exporter never reads it directly: after
+each batch the loop publishes `Counters`, an immutable copy, together with the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from vgpumon import events as ev
+from vgpumon.config import CrashLoopSpec
+from vgpumon.events import Event
+from vgpumon.exits import is_crash
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The tracker's numbers at one moment."""
+
+    starts: Mapping[str, int] = field(default_factory=dict)
+    exits: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    crashes: Mapping[str, int] = field(default_factory=dict)
+    last_crash: Mapping[str, float] = field(default_factory=dict)
+    window_crashes: Mapping[str, int] = field(default_factory=dict)
+    window_starts: Mapping[str, int] = field(default_factory=dict)
+    crash_loop: Mapping[str, bool] = field(default_factory=dict)
+    link_changes: Mapping[str, int] = field(default_factory=dict)
+    link_last_change: Mapping[str, float] = field(default_factory=dict)
+    events: Mapping[str, int] = field(default_factory=dict)
+    log_errors: Mapping[str, int] = field(default_factory=dict)
+
+
+class Tracker:
+    """Turns events into counters and crash-loop state."""
+
+    def __init__(self, crash_loop: CrashLoopSpec):
+        self._spec = crash_loop
+        self._starts: Counter[str] = Counter()
+        self._exits: Counter[tuple[str, str]] = Counter()
+        self._crashes: Counter[str] = Counter()
+        self._last_crash: dict[str, float] = {}
+        self._crash_times: dict[str, deque[float]] = {}
+        self._start_times: dict[str, deque[float]] = {}
+        self._looping: dict[str, bool] = {}
+        self._link_changes: Counter[str] = Counter()
+        self._link_last_change: dict[str, float] = {}
+        self._events: Counter[str] = Counter()
+        self._log_errors: Counter[str] = Counter()
+
+    def reconfigure(self, crash_loop: CrashLoopSpec) -> None:
+        self._spec = crash_loop
+
+    def record(self, events: Iterable[Event]) -> list[Event]:
+        """Count `events`; returns them followed by the events they caused (crash loops)."""
+        recorded: list[Event] = []
+        for event in events:
+            recorded.append(event)
+            recorded.extend(self._apply(event))
+        for event in recorded:
+            self._events[event.kind] += 1
+        return recorded
+
+    def tick(self, now: float) -> list[Event]:
+        """Expire window entries; returns (and counts) `crash_loop_ended` events."""
+        ended = []
+        for group, times in self._crash_times.items():
+            _expire(times, now - self._spec.window)
+            if self._looping.get(group) and len(times) < self._spec.crashes:
+                self._looping[group] = False
+                ended.append(self._loop_event(ev.CRASH_LOOP_ENDED, group, now, len(times)))
+        for times in self._start_times.values():
+            _expire(times, now - self._spec.window)
+        for event in ended:
+            self._events[event.kind] += 1
+        return ended
+
+    def counters(self, now: float) -> Counters:
+        window_start = now - self._spec.window
+        return Counters(
+            starts=_frozen(self._starts),
+            exits=_frozen(self._exits),
+            crashes=_frozen(self._crashes),
+            last_crash=_frozen(self._last_crash),
+            window_crashes=_frozen({g: sum(1 for t in times if t >= window_start)
+                                    for g, times in self._crash_times.items()}),
+            window_starts=_frozen({g: sum(1 for t in times if t >= window_start)
+                                   for g, times in self._start_times.items()}),
+            crash_loop=_frozen(self._looping),
+            link_changes=_frozen(self._link_changes),
+            link_last_change=_frozen(self._link_last_change),
+            events=_frozen(self._events),
+            log_errors=_frozen(self._log_errors),
+        )
+
+    def _apply(self, event: Event) -> list[Event]:
+        if event.kind == ev.PROCESS_STARTED:
+            group = event.get("group")
+            self._starts[group] += 1
+            self._start_times.setdefault(group, deque()).append(event.ts)
+        elif event.kind == ev.PROCESS_EXITED:
+            return self._exited(event)
+        elif event.kind == ev.SHIM_LINK_CHANGED:
+            path = event.get("path")
+            self._link_changes[path] += 1
+            self._link_last_change[path] = event.ts
+        elif event.kind in ev.LOG_ERROR_KINDS:
+            self._log_errors[event.kind] += 1
+        return []
+
+    def _exited(self, event: Event) -> list[Event]:
+        group, reason = event.get("group"), event.get("reason")
+        self._exits[(group, reason)] += 1
+        if not is_crash(reason):
+            return []
+        self._crashes[group] += 1
+        self._last_crash[group] = max(event.ts, self._last_crash.get(group, 0.0))
+        times = self._crash_times.setdefault(group, deque())
+        times.append(event.ts)
+        _expire(times, event.ts - self._spec.window)
+        if len(times) >= self._spec.crashes and not self._looping.get(group):
+            self._looping[group] = True
+            return [self._loop_event(ev.CRASH_LOOP_STARTED, group, event.ts, len(times))]
+        return []
+
+    def _loop_event(self, kind: str, group: str, ts: float, crashes: int) -> Event:
+        return Event(ts, kind, {"group": group, "crashes": crashes,
+                                "window_seconds": self._spec.window})
+
+
+def _expire(times: deque[float], oldest_kept: float) -> None:
+    while times and times[0] < oldest_kept:
+        times.popleft()
