@@ -96,19 +96,26 @@ def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vgpumon.daemon import Daemon
+    from vgpumon.watchers import EventSources
 
     loader = config_loader(args)
     config = loader()  # a bad config exits 2 here, before any port is bound
     daemon = Daemon(config, reload_config=loader)
+    sources = EventSources(daemon)
     daemon.start()
+    sources.start()
     try:
         daemon.bind()
     except OSError as err:
         print(f"vgpumon: cannot listen on {config.listen}: {err.strerror or err}",
               file=sys.stderr)
+        sources.close()
         daemon.close()
         return EXIT_FAILURE
-    return daemon.run()
+    try:
+        return daemon.run()
+    finally:
+        sources.close()
 
 
 def cmd_once(args: argparse.Namespace) -> int:

@@ -159,6 +159,7 @@ class Config:
     crash_loop: CrashLoopSpec = field(default_factory=CrashLoopSpec)
     ollama: OllamaSpec = field(default_factory=OllamaSpec)
     events: EventsSpec = field(default_factory=EventsSpec)
+    watch_dirs: tuple[str, ...] = ()
     web_config_file: str | None = None
     source: str = ""
 
@@ -364,6 +365,7 @@ class _Validator:
             crash_loop=self.crash_loop(top.get("crash_loop")),
             ollama=self.ollama(top.get("ollama")),
             events=self.events(top.get("events")),
+            watch_dirs=self.get(top, "watch_dirs", (), self.path_list),
             web_config_file=self.get(top, "web_config_file", None, self.optional_path),
             source=self._source,
         )
@@ -378,6 +380,13 @@ class _Validator:
         if value is None or value == "":
             return None
         return self.absolute_path(value, path)
+
+    def path_list(self, value: Any, path: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.error(path, f"expected a list of paths, got {_type_name(value)}")
+        return tuple(self.absolute_path(item, f"{path}[{i}]") for i, item in enumerate(value))
 
     def check_names_defined(self, names: tuple[str, ...], known: Mapping[str, object],
                             path: str) -> None:
@@ -527,7 +536,7 @@ class _Validator:
 
 _TOP_KEYS = (
     "listen", "interval", "procfs", "rootfs", "libraries", "shims", "links", "groups",
-    "crash_loop", "ollama", "events", "web_config_file",
+    "crash_loop", "ollama", "events", "watch_dirs", "web_config_file",
 )
 
 

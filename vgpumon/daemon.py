@@ -1,14 +1,17 @@
 """The daemon: one loop that waits on every event source and a timer, refreshes, publishes.
 
 Event sources register a file descriptor and a handler with `Daemon.watch`; the handler runs
-in the loop thread when the descriptor is readable and asks for a targeted refresh. The timer
-(`interval`) is the safety net that re-reads everything. The HTTP server runs in its own
-threads and only reads what the loop published.
+in the loop thread when the descriptor is readable and asks for a targeted refresh. Timers
+(`call_later`) serve retries and grace periods. The `interval` timer is the safety net that
+re-reads everything. The HTTP server runs in its own threads and only reads what the loop
+published.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import selectors
 import signal
@@ -21,15 +24,15 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from vgpumon import events as ev
 from vgpumon.config import Config, ConfigError
 from vgpumon.eventlog import EventLog
 from vgpumon.events import Event
+from vgpumon.exitclassifier import ExitClassifier
 from vgpumon.exporter import VgpumonCollector
 from vgpumon.health import CollectorHealth
 from vgpumon.observer import HostObserver
 from vgpumon.publication import Published, Publisher, RuntimeInfo
-from vgpumon.state import HostState, ProcessState, diff, process_started_event
+from vgpumon.state import HostState, diff, process_started_event
 from vgpumon.tracker import Tracker
 from vgpumon.web import ExporterServer
 
@@ -46,15 +49,21 @@ class Daemon:
         self.health = CollectorHealth()
         self.observer = HostObserver(config, self.health)
         self.tracker = Tracker(config.crash_loop)
+        self.classifier = ExitClassifier(status_source=None, kernel_log=False, ollama_log=False)
         self.event_log = EventLog(config.events.file, config.events.max_bytes)
         self._recent: deque[Event] = deque(maxlen=config.events.memory)
         self.runtime = RuntimeInfo(started_at=now, config_reload_timestamp=now, heartbeat=now)
         self._state = HostState(now)
         self.publisher = Publisher(self._published(now))
         self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
         self._stopping = False
         self._reload_requested = False
         self._next_refresh = 0.0
+        self._refresh_hooks: list[Callable[[float], None]] = []
+        self._classifier_wakeup: float | None = None
+        self._dropped_seen = 0
         self.server: ExporterServer | None = None
 
     # -- set-up ----------------------------------------------------------------------------
@@ -81,6 +90,17 @@ class Daemon:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
 
+    def call_later(self, delay: float, action: Callable[[], None]) -> None:
+        """Run `action()` in the loop after `delay` seconds."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), action))
+
+    def after_refresh(self, hook: Callable[[float], None]) -> None:
+        """Call `hook(now)` after every full refresh (event sources re-sync there)."""
+        self._refresh_hooks.append(hook)
+
+    def set_runtime(self, **changes: object) -> None:
+        self.runtime = replace(self.runtime, **changes)
+
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -88,6 +108,7 @@ class Daemon:
         now = time.time()
         self._state = self.observer.refresh(now)
         self._next_refresh = time.monotonic() + self.config.interval
+        self._run_refresh_hooks(now)
         self._publish(now)
         log.info("first refresh processes=%d links=%d", len(self._state.processes),
                  len(self._state.links))
@@ -122,19 +143,29 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        """One turn of the loop: wait for an event or the timer, then handle it."""
-        timeout = max(0.0, self._next_refresh - time.monotonic())
-        for key, _mask in self._selector.select(timeout):
+        """One turn of the loop: wait for an event, a timer or the refresh, then handle it."""
+        deadline = self._next_refresh
+        if self._timers:
+            deadline = min(deadline, self._timers[0][0])
+        for key, _mask in self._selector.select(max(0.0, deadline - time.monotonic())):
             handler: Handler = key.data
             handler(time.time())
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            heapq.heappop(self._timers)[2]()
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
         if time.monotonic() >= self._next_refresh:
-            self._next_refresh = time.monotonic() + self.config.interval
-            self.apply(self.observer.refresh(time.time()))
+            self.refresh_now()
         else:
             self.heartbeat()
+
+    def refresh_now(self) -> None:
+        """The full refresh (timer, or after events were lost)."""
+        self._next_refresh = time.monotonic() + self.config.interval
+        now = time.time()
+        self.apply(self.observer.refresh(now))
+        self._run_refresh_hooks(now)
 
     def stop(self) -> None:
         self._stopping = True
@@ -149,33 +180,55 @@ class Daemon:
     # -- state changes ---------------------------------------------------------------------
 
     def apply(self, new: HostState, extra: Iterable[Event] = ()) -> None:
-        """Adopt a new snapshot: derive events from the difference, count, log, publish."""
+        """Adopt a new snapshot: derive events from the difference, count, log, publish.
+
+        Processes that left the snapshot go to the exit classifier, which may wait for their
+        exit status and evidence before it emits `process_exited`.
+        """
         now = new.taken_at
         change = diff(self._state, new)
+        for gone in change.vanished:
+            self.classifier.vanished(gone.process, now,
+                                     self.observer.last_maps(gone.process.key))
         found = [process_started_event(p, now) for p in change.started]
-        found += [self.exit_event(p, now) for p in change.vanished]
         found += change.events
         found += extra
         self._state = new
         self.record(found, now)
 
     def record(self, found: Iterable[Event], now: float) -> None:
-        """Count and keep events that did not come from a snapshot difference."""
-        recorded = self.tracker.record(found)
+        """Count, log and keep events, with the exits the classifier settled by now."""
+        found = list(found) + self.classifier.ready(now)
+        recorded = self.tracker.record(sorted(found, key=lambda e: e.ts))
         recorded += self.tracker.tick(now)
         for event in recorded:
             log.info("event kind=%s %s", event.kind, _fields(event))
-        self.event_log.append(recorded)
+        if recorded:
+            self._write_event_log(recorded, now)
         self._recent.extend(recorded)
+        self._wake_for_classifier(now)
         self._publish(now)
 
-    def exit_event(self, state: ProcessState, now: float) -> Event:
-        """The exit of a process that vanished between two scans (status not seen)."""
-        process = state.process
-        return Event(now, ev.PROCESS_EXITED, {
-            "group": process.group, "pid": process.pid, "reason": "unknown",
-            **({"model": process.model_arg} if process.model_arg else {}),
-        })
+    def _write_event_log(self, recorded: list[Event], now: float) -> None:
+        started = time.perf_counter()
+        self.event_log.append(recorded)
+        ok = self.event_log.dropped == self._dropped_seen
+        self._dropped_seen = self.event_log.dropped
+        self.health.record("event_log", now, ok, time.perf_counter() - started,
+                           None if ok else "event log writes fail (see the log)")
+
+    def _wake_for_classifier(self, now: float) -> None:
+        deadline = self.classifier.next_deadline()
+        if deadline is None or (self._classifier_wakeup is not None
+                                and self._classifier_wakeup <= deadline):
+            return
+        self._classifier_wakeup = deadline
+
+        def settle() -> None:
+            self._classifier_wakeup = None
+            self.record((), time.time())
+
+        self.call_later(max(0.0, deadline - now) + 0.001, settle)
 
     def heartbeat(self) -> None:
         """Publish that the loop is alive (for /healthz and the systemd watchdog)."""
@@ -190,7 +243,7 @@ class Daemon:
             config = self._reload_config()
         except ConfigError as err:
             log.error("config reload failed, keeping the old config error=%r", str(err))
-            self._set_runtime(config_reload_success=False, config_reload_timestamp=now)
+            self.set_runtime(config_reload_success=False, config_reload_timestamp=now)
             return
         if config.listen != self.config.listen:
             log.warning("listen changed; restart vgpumon to apply it old=%s new=%s",
@@ -202,14 +255,15 @@ class Daemon:
             self.event_log.close()
             self.event_log = EventLog(config.events.file, config.events.max_bytes)
         self._recent = deque(self._recent, maxlen=config.events.memory)
-        self._set_runtime(config_reload_success=True, config_reload_timestamp=now)
+        self.set_runtime(config_reload_success=True, config_reload_timestamp=now)
         self.start()
         log.info("config reloaded source=%s", config.source or "defaults")
 
     # -- publication ---------------------------------------------------------------------------
 
-    def _set_runtime(self, **changes: object) -> None:
-        self.runtime = replace(self.runtime, **changes)
+    def _run_refresh_hooks(self, now: float) -> None:
+        for hook in self._refresh_hooks:
+            hook(now)
 
     def _published(self, now: float) -> Published:
         return Published(
@@ -221,7 +275,7 @@ class Daemon:
         )
 
     def _publish(self, now: float) -> None:
-        self._set_runtime(heartbeat=now, event_log_dropped=self.event_log.dropped)
+        self.set_runtime(heartbeat=now, event_log_dropped=self.event_log.dropped)
         self.publisher.publish(self._published(now))
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
@@ -247,4 +301,3 @@ def _fields(event: Event) -> str:
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
-

@@ -27,6 +27,8 @@ from vgpumon.state import HostState, ProcessState
 log = logging.getLogger(__name__)
 
 SERVER_GROUP = "server"
+# Maps of processes that exited are kept this long for crash attribution.
+EXITED_MAPS_KEPT = 64
 NOT_READ = ProcessLibraries(readable=False, error="not read yet")
 
 
@@ -40,6 +42,7 @@ class HostObserver:
         self._processes: tuple[TrackedProcess, ...] = ()
         self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
         self._maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
+        self._exited_maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
         self._library_files: tuple[LibraryFile, ...] = ()
         self._matcher = LibraryMatcher(config.libraries, {})
         self._links: tuple[ShimLinkState, ...] = ()
@@ -67,16 +70,20 @@ class HostObserver:
         self._refresh_links(now)
         return self.snapshot(now)
 
-    def classify(self, pid: int, now: float) -> HostState:
-        """A PID exec'd: classify it now, and read its maps if it is tracked."""
-        self._scanner.rescan_pid(pid, now)
+    def classify(self, pid: int, now: float) -> HostState | None:
+        """A PID exec'd: classify it now and read its maps; None when nothing changed."""
+        was_tracked = self._scanner.is_tracked(pid)
+        if self._scanner.rescan_pid(pid, now) is None and not was_tracked:
+            return None
         self._set_processes(self._scanner.tracked())
-        if any(p.pid == pid for p in self._processes):
-            self._refresh_maps(now, frozenset({pid}))
+        self._refresh_maps(now, frozenset({pid}))
         return self.snapshot(now)
 
-    def drop(self, pid: int, now: float) -> tuple[TrackedProcess | None, HostState]:
-        """A PID exited: forget it; returns what it was when tracked."""
+    def drop(self, pid: int, now: float) -> tuple[TrackedProcess | None, HostState | None]:
+        """A PID exited: forget it; returns what it was and the new snapshot when tracked."""
+        if not self._scanner.is_tracked(pid):
+            self._scanner.forget(pid)
+            return None, None
         gone = self._scanner.forget(pid)
         self._set_processes(self._scanner.tracked())
         return gone, self.snapshot(now)
@@ -95,8 +102,27 @@ class HostObserver:
         )
 
     def last_maps(self, key: tuple[int, int]) -> tuple[MappedFile, ...]:
-        """The maps last read for a process (kept by the caller for crash attribution)."""
-        return self._maps.get(key, ())
+        """The maps last read for a process, also shortly after it exited (crash attribution)."""
+        return self._maps.get(key) or self._exited_maps.get(key, ())
+
+    def tracked(self) -> tuple[TrackedProcess, ...]:
+        return self._processes
+
+    @property
+    def library_files(self) -> tuple[LibraryFile, ...]:
+        return self._library_files
+
+    def mapped_library_dirs(self) -> frozenset[str]:
+        """Directories (reachable from here) of configured libraries that processes map."""
+        dirs = set()
+        for process in self._processes:
+            libraries = self._libraries.get(process.key)
+            if libraries is None:
+                continue
+            for mapping in libraries.mappings:
+                directory = mapping.path.rsplit("/", 1)[0] or "/"
+                dirs.add(self.procfs.path(process.pid, "root") + directory)
+        return frozenset(dirs)
 
     def server(self) -> TrackedProcess | None:
         """The Ollama server: the oldest process of the group named ``server``."""
@@ -118,7 +144,11 @@ class HostObserver:
         for key in list(self._libraries):
             if key not in live:
                 del self._libraries[key]
-                self._maps.pop(key, None)
+        for key in list(self._maps):
+            if key not in live:
+                self._exited_maps[key] = self._maps.pop(key)
+        while len(self._exited_maps) > EXITED_MAPS_KEPT:
+            del self._exited_maps[next(iter(self._exited_maps))]
 
     def _refresh_library_files(self, now: float) -> None:
         def find() -> tuple[LibraryFile, ...]:

@@ -34,7 +34,8 @@ def test_shipped_example_config_equals_the_built_in_defaults():
     shipped = load_config(str(REPO / "config" / "vgpumon.yaml"))
     defaults = Config()
     for field in ("listen_host", "listen_port", "interval", "procfs", "rootfs", "libraries",
-                  "shims", "links", "crash_loop", "ollama", "events", "web_config_file"):
+                  "shims", "links", "crash_loop", "ollama", "events", "watch_dirs",
+                  "web_config_file"):
         assert getattr(shipped, field) == getattr(defaults, field), field
     assert [(g.name, g.comm and g.comm.pattern, g.exe and g.exe.pattern,
              g.cmdline and g.cmdline.pattern, g.expect) for g in shipped.groups] == [

@@ -52,6 +52,21 @@ class _Seen:
     rechecks_left: int
 
 
+class _SeenTable(dict[int, _Seen]):
+    """PID -> _Seen, with the tracked subset kept apart so reading it does not walk all PIDs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracked: dict[int, TrackedProcess] = {}
+
+    def update_tracked(self, pid: int) -> None:
+        seen = self.get(pid)
+        if seen is not None and seen.tracked is not None:
+            self.tracked[pid] = seen.tracked
+        else:
+            self.tracked.pop(pid, None)
+
+
 def model_argument(cmdline: tuple[str, ...]) -> str | None:
     """The value of ``--model`` (or ``-m``) in a runner's argv."""
     for index, arg in enumerate(cmdline):
@@ -84,20 +99,22 @@ class ProcessScanner:
         self._procfs = procfs
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
-        self._seen: dict[int, _Seen] = {}
+        self._seen = _SeenTable()
 
     def scan(self, now: float) -> tuple[TrackedProcess, ...]:
         """List procfs, classify new PIDs, re-check young and tracked ones."""
         listed = set(self._procfs.pids())
-        for pid in list(self._seen):
-            if pid not in listed:
-                del self._seen[pid]
+        for pid in [pid for pid in self._seen if pid not in listed]:
+            self.forget(pid)
         for pid in listed:
             seen = self._seen.get(pid)
             if seen is None:
                 self._seen[pid] = self._first_look(pid, now)
             elif seen.tracked is not None or seen.rechecks_left > 0:
                 self._look_again(pid, seen, now)
+            else:
+                continue
+            self._seen.update_tracked(pid)
         return self.tracked()
 
     def rescan_pid(self, pid: int, now: float) -> TrackedProcess | None:
@@ -105,17 +122,20 @@ class ProcessScanner:
         self._seen.pop(pid, None)
         seen = self._first_look(pid, now)
         self._seen[pid] = seen
+        self._seen.update_tracked(pid)
         return seen.tracked
 
     def forget(self, pid: int) -> TrackedProcess | None:
         """Drop `pid` (it exited); returns what it was if it was tracked."""
         seen = self._seen.pop(pid, None)
+        self._seen.tracked.pop(pid, None)
         return seen.tracked if seen else None
 
+    def is_tracked(self, pid: int) -> bool:
+        return pid in self._seen.tracked
+
     def tracked(self) -> tuple[TrackedProcess, ...]:
-        return tuple(
-            seen.tracked for _, seen in sorted(self._seen.items()) if seen.tracked is not None
-        )
+        return tuple(process for _, process in sorted(self._seen.tracked.items()))
 
     def _first_look(self, pid: int, now: float) -> _Seen:
         try:
@@ -134,7 +154,9 @@ class ProcessScanner:
             seen.tracked, seen.rechecks_left = None, 0
             return
         if stat.start_ticks != seen.start_ticks:  # the PID was reused
-            self._seen[pid] = self._first_look(pid, now)
+            fresh = self._first_look(pid, now)
+            seen.start_ticks, seen.tracked = fresh.start_ticks, fresh.tracked
+            seen.rechecks_left = fresh.rechecks_left
             return
         if stat.state == "Z":  # exited, not yet reaped: nothing mapped any more
             seen.tracked, seen.rechecks_left = None, 0

@@ -1,0 +1,134 @@
+"""inotify on the directories that hold the shim links and the libraries.
+
+Watches are on parent directories, never on a symlink itself: renames (``ln -sf`` is symlink +
+rename), creations and deletions are only visible there, and a watch on a link follows it to
+its target. What an event means:
+- a change to a link's name, its target's name or a path library's name → re-check links;
+- ``IN_OPEN``/``IN_CLOSE_NOWRITE`` of a configured library ("a process is loading it" / "a
+  process dropped it", without saying which) or its replacement → re-read maps;
+- ``IN_Q_OVERFLOW`` → events were lost: re-check everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from inotify_simple import INotify
+from inotify_simple import flags as in_flags
+
+NAME_CHANGES = (in_flags.CREATE | in_flags.DELETE | in_flags.MOVED_FROM | in_flags.MOVED_TO
+                | in_flags.ATTRIB | in_flags.CLOSE_WRITE)
+LOADS = in_flags.OPEN | in_flags.CLOSE_NOWRITE
+DIRECTORY_GONE = in_flags.DELETE_SELF | in_flags.MOVE_SELF | in_flags.IGNORED | in_flags.UNMOUNT
+WATCH_MASK = NAME_CHANGES | LOADS | in_flags.DELETE_SELF | in_flags.MOVE_SELF | in_flags.ONLYDIR
+
+
+@dataclass(frozen=True)
+class FsChange:
+    """What a batch of inotify events asks the daemon to re-check."""
+
+    links: bool = False
+    libraries: bool = False
+    overflow: bool = False
+    rearm: bool = False
+
+    def __or__(self, other: FsChange) -> FsChange:
+        return FsChange(self.links or other.links, self.libraries or other.libraries,
+                        self.overflow or other.overflow, self.rearm or other.rearm)
+
+
+@dataclass(frozen=True)
+class WatchPlan:
+    """Which names in which directories matter (directories as vgpumon reaches them)."""
+
+    link_names: dict[str, frozenset[str]]
+    library_patterns: tuple[str, ...]
+    library_dirs: frozenset[str]
+
+    @property
+    def directories(self) -> frozenset[str]:
+        return frozenset(self.link_names) | self.library_dirs
+
+
+def plan_watches(link_paths: Iterable[str], link_related: Iterable[str],
+                 library_dirs: Iterable[str], library_patterns: Iterable[str]) -> WatchPlan:
+    """`link_paths` and `link_related` (targets, path libraries) are files whose names are
+    watched for changes; `library_dirs` are directories where library loads are watched."""
+    names: dict[str, set[str]] = {}
+    for path in (*link_paths, *link_related):
+        directory, name = os.path.split(path)
+        names.setdefault(directory or "/", set()).add(name)
+    return WatchPlan(
+        link_names={d: frozenset(n) for d, n in names.items()},
+        library_patterns=tuple(dict.fromkeys(library_patterns)),
+        library_dirs=frozenset(library_dirs) | frozenset(names),
+    )
+
+
+def interpret(plan: WatchPlan, directory: str | None, mask: int, name: str) -> FsChange:
+    """What one inotify event (in `directory`, for `name`) means (pure)."""
+    if mask & in_flags.Q_OVERFLOW:
+        return FsChange(links=True, libraries=True, overflow=True)
+    if directory is None:
+        return FsChange()
+    if mask & DIRECTORY_GONE and not name:
+        return FsChange(links=True, libraries=True, rearm=True)
+    is_library = any(fnmatch.fnmatchcase(name, p) for p in plan.library_patterns)
+    links = bool(mask & NAME_CHANGES) and name in plan.link_names.get(directory, ())
+    libraries = is_library and bool(mask & (LOADS | NAME_CHANGES))
+    return FsChange(links=links, libraries=libraries)
+
+
+class FsWatcher:
+    """Owns the inotify instance and keeps a watch on every planned directory that exists."""
+
+    def __init__(self) -> None:
+        self._inotify = INotify(nonblocking=True)
+        self._dirs_of_wd: dict[int, set[str]] = {}
+        self._plan = WatchPlan({}, (), frozenset())
+        self.missing: frozenset[str] = frozenset()
+
+    def fileno(self) -> int:
+        return self._inotify.fileno()
+
+    def set_plan(self, plan: WatchPlan) -> None:
+        self._plan = plan
+        self.arm()
+
+    def arm(self) -> None:
+        """(Re)add watches: a directory created or re-created since is picked up here."""
+        dirs_of_wd: dict[int, set[str]] = {}
+        missing = set()
+        for directory in sorted(self._plan.directories):
+            try:
+                wd = self._inotify.add_watch(directory, WATCH_MASK)
+            except OSError:
+                missing.add(directory)
+                continue
+            # Two paths can name one directory (a symlinked dir, /proc/PID/root/...): one wd.
+            dirs_of_wd.setdefault(wd, set()).add(directory)
+        for wd in set(self._dirs_of_wd) - set(dirs_of_wd):
+            self._remove(wd)
+        self._dirs_of_wd = dirs_of_wd
+        self.missing = frozenset(missing)
+
+    def read(self) -> FsChange:
+        change = FsChange()
+        for event in self._inotify.read(timeout=0):
+            directories = self._dirs_of_wd.get(event.wd) or {None}
+            for directory in directories:
+                change = change | interpret(self._plan, directory, event.mask, event.name)
+            if event.mask & in_flags.IGNORED:
+                self._dirs_of_wd.pop(event.wd, None)
+        return change
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def _remove(self, wd: int) -> None:
+        with contextlib.suppress(OSError):  # already gone with its directory
+            self._inotify.rm_watch(wd)

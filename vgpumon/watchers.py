@@ -1,0 +1,274 @@
+"""The event sources of the daemon: process exits and execs, the kernel log, inotify.
+
+Each source registers its file descriptor with the daemon's loop and turns what it reads into
+targeted refreshes (classify one PID, re-read maps, re-check links) and exit evidence. A source
+that cannot be opened (missing privilege, other namespace) is marked failed in
+``vgpumon_collector_success`` and the daemon carries on with the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from vgpumon.daemon import Daemon
+from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence, ExitClassifier
+from vgpumon.sources.fswatch import FsWatcher, plan_watches
+from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, parse_segfault
+from vgpumon.sources.pidfds import PidfdWatcher, StatusNotYet, exit_status
+from vgpumon.sources.proc_connector import ConnectorError, EventsLost, ProcConnector
+
+log = logging.getLogger(__name__)
+
+# A runner that loads a library produces a burst of IN_OPEN events; re-read maps at most this
+# often (the first event is handled at once, the rest of the burst once more at the end).
+MAPS_REFRESH_MIN_GAP = 0.05
+# How long to keep asking a pidfd for the exit status before settling for "unknown".
+PIDFD_STATUS_RETRY = 0.01
+PIDFD_STATUS_PATIENCE = 1.0
+
+
+class EventSources:
+    def __init__(self, daemon: Daemon, *, kmsg_path: str = "/dev/kmsg",
+                 use_connector: bool = True):
+        self.daemon = daemon
+        self._kmsg_path = kmsg_path
+        self._use_connector = use_connector
+        self._connector: ProcConnector | None = None
+        self._pidfds: PidfdWatcher | None = None
+        self._kmsg: KmsgReader | None = None
+        self._fs: FsWatcher | None = None
+        self._last_maps_refresh = 0.0
+        self._maps_refresh_pending = False
+        self._overflows: dict[str, int] = {}
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        now = time.time()
+        mechanism = self._open_exit_source(now)
+        self._open_kmsg(now)
+        self._open_fswatch(now)
+        self.daemon.classifier = ExitClassifier(
+            status_source=None if mechanism == "poll" else mechanism,
+            kernel_log=self._kmsg is not None,
+            ollama_log=self.daemon.classifier.ollama_log,
+        )
+        self.daemon.set_runtime(exit_mechanism=mechanism)
+        self.daemon.after_refresh(self._after_refresh)
+        self._after_refresh(now)
+        log.info("event sources exits=%s kmsg=%s inotify=%s", mechanism,
+                 "yes" if self._kmsg else "no", "yes" if self._fs else "no")
+
+    def close(self) -> None:
+        for source in (self._connector, self._kmsg, self._fs):
+            if source is not None:
+                self.daemon.unwatch(source.fileno())
+                source.close()
+        if self._pidfds is not None:
+            for pid, start in self._pidfds.watched_keys():
+                fd = self._pidfds.unwatch(pid, start)
+                if fd is not None:
+                    self.daemon.unwatch(fd)
+
+    def _open_exit_source(self, now: float) -> str:
+        health = self.daemon.health
+        if self._use_connector:
+            try:
+                self._connector = ProcConnector.open()
+            except ConnectorError as err:
+                log.warning("proc connector unavailable, using pidfds error=%r", str(err))
+            else:
+                self.daemon.watch(self._connector.fileno(), self._on_connector)
+                health.record("exits", now, True, 0.0)
+                return "proc_connector"
+        if hasattr(os, "pidfd_open"):
+            self._pidfds = PidfdWatcher()
+            health.record("exits", now, True, 0.0)
+            return "pidfd"
+        health.record("exits", now, False, 0.0, "neither proc connector nor pidfd available")
+        return "poll"
+
+    def _open_kmsg(self, now: float) -> None:
+        try:
+            self._kmsg = KmsgReader(self._kmsg_path)
+        except OSError as err:
+            hint = " (needs CAP_SYSLOG under kernel.dmesg_restrict=1)" \
+                if err.errno in (1, 13) else ""
+            self.daemon.health.record("kmsg", now, False, 0.0,
+                                      f"{self._kmsg_path}: {err.strerror}{hint}")
+            return
+        self.daemon.watch(self._kmsg.fileno(), self._on_kmsg)
+        self.daemon.health.record("kmsg", now, True, 0.0)
+
+    def _open_fswatch(self, now: float) -> None:
+        try:
+            self._fs = FsWatcher()
+        except OSError as err:
+            self.daemon.health.record("inotify", now, False, 0.0, err.strerror or str(err))
+            return
+        self.daemon.watch(self._fs.fileno(), self._on_fs)
+
+    # -- after every full refresh: re-sync watches --------------------------------------------
+
+    def _after_refresh(self, now: float) -> None:
+        if self._fs is not None:
+            self.daemon.health.run("inotify", now, self._arm_fswatch)
+        if self._pidfds is not None:
+            self._sync_pidfds()
+
+    def _arm_fswatch(self) -> None:
+        assert self._fs is not None
+        config, observer = self.daemon.config, self.daemon.observer
+        host = observer.host_view
+        links = [host.outside(spec.path) for spec in config.links if spec.view == "host"]
+        related = [host.outside(spec.target) for spec in config.links if spec.view == "host"]
+        library_dirs = set(host.outside(d) for d in config.watch_dirs)
+        for found in observer.library_files:
+            spec = config.library(found.library)
+            if spec.view == "host":
+                related += [host.outside(found.path), host.outside(found.resolved)]
+                library_dirs.add(os.path.dirname(host.outside(found.resolved)))
+        library_dirs |= observer.mapped_library_dirs()
+        patterns = [spec.glob for spec in config.libraries if spec.glob]
+        patterns += [os.path.basename(p) for p in related]
+        self._fs.set_plan(plan_watches(links, related, library_dirs, patterns))
+
+    def _sync_pidfds(self) -> None:
+        assert self._pidfds is not None
+        procfs = self.daemon.observer.procfs
+        tracked = {p.key: p for p in self.daemon.observer.tracked()}
+        for key in self._pidfds.watched_keys() - set(tracked):
+            fd = self._pidfds.unwatch(*key)
+            if fd is not None:
+                self.daemon.unwatch(fd)
+        for key in set(tracked) - self._pidfds.watched_keys():
+            pid, start_ticks = key
+
+            def still_same(pid: int = pid, start_ticks: int = start_ticks) -> bool:
+                try:
+                    return procfs.stat(pid).start_ticks == start_ticks
+                except (OSError, ValueError):
+                    return False
+
+            fd = self._pidfds.watch(pid, start_ticks, still_same)
+            if fd is not None:
+                self.daemon.watch(fd, lambda now, fd=fd: self._on_pidfd(fd, now))
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _on_connector(self, now: float) -> None:
+        assert self._connector is not None
+        try:
+            events = self._connector.receive()
+        except EventsLost:
+            self._overflow("proc_connector")
+            return
+        except OSError as err:
+            self.daemon.health.record("exits", now, False, 0.0, err.strerror or str(err))
+            return
+        self._on_kmsg(now)  # evidence for these exits may already be in the kernel log
+        for event in events:
+            if not event.is_process:
+                continue  # a thread
+            if event.kind == "exec":
+                state = self.daemon.observer.classify(event.pid, now)
+                if state is not None:
+                    self.daemon.apply(state)
+            elif event.kind == "exit":
+                self._exited(event.pid, event.status, "proc_connector", now)
+
+    def _on_pidfd(self, fd: int, now: float, waited: float = 0.0) -> None:
+        assert self._pidfds is not None
+        target = self._pidfds.target(fd)
+        if target is None:
+            return
+        self.daemon.unwatch(fd)  # stays readable from now on
+        try:
+            status = exit_status(fd)
+        except StatusNotYet:
+            if waited < PIDFD_STATUS_PATIENCE:
+                self.daemon.call_later(PIDFD_STATUS_RETRY, lambda: self._on_pidfd(
+                    fd, time.time(), waited + PIDFD_STATUS_RETRY))
+                return
+            status = None
+        except OSError:
+            status = None
+        self._pidfds.unwatch(*target)
+        self._on_kmsg(now)
+        self._exited(target[0], status, "pidfd", now)
+
+    def _exited(self, pid: int, status: int | None, source: str, now: float) -> None:
+        observer, classifier = self.daemon.observer, self.daemon.classifier
+        gone, state = observer.drop(pid, now)
+        if gone is not None and state is not None:
+            classifier.exited(gone, now, status, source, observer.last_maps(gone.key))
+            self.daemon.apply(state)
+        elif classifier.status_of_pending(pid, status, source):
+            # It left the snapshot first (e.g. already a zombie when it was re-classified).
+            self.daemon.record((), now)
+
+    def _on_kmsg(self, now: float) -> None:
+        if self._kmsg is None:
+            return
+        try:
+            records = self._kmsg.read()
+        except OSError as err:
+            self.daemon.health.record("kmsg", now, False, 0.0, err.strerror or str(err))
+            return
+        self.daemon.health.record("kmsg", now, True, 0.0)
+        for record in records:
+            if record.facility != KERNEL_FACILITY:
+                continue
+            fault = parse_segfault(record.message)
+            if fault is not None:
+                self.daemon.classifier.add_evidence(Evidence(
+                    SEGFAULT, now, pid=fault.pid, library=fault.library, address=fault.ip,
+                    message=record.message))
+                continue
+            killed = parse_oom_kill(record.message)
+            if killed is not None:
+                self.daemon.classifier.add_evidence(Evidence(OOM_KILL, now, pid=killed.pid,
+                                                             message=record.message))
+
+    def _on_fs(self, now: float) -> None:
+        assert self._fs is not None
+        try:
+            change = self._fs.read()
+        except OSError as err:
+            self.daemon.health.record("inotify", now, False, 0.0, err.strerror or str(err))
+            return
+        if change.overflow:
+            self._overflow("inotify")
+            return
+        if change.rearm:
+            self._fs.arm()
+        if change.links:
+            self.daemon.apply(self.daemon.observer.refresh_links(now))
+        if change.libraries:
+            self._refresh_maps_soon(now)
+
+    def _refresh_maps_soon(self, now: float) -> None:
+        """Re-read maps now, or, inside a burst, once more when the burst has had time."""
+        gap = time.monotonic() - self._last_maps_refresh
+        if gap >= MAPS_REFRESH_MIN_GAP:
+            self._last_maps_refresh = time.monotonic()
+            self.daemon.apply(self.daemon.observer.refresh_maps(now))
+            return
+        if not self._maps_refresh_pending:
+            self._maps_refresh_pending = True
+
+            def later() -> None:
+                self._maps_refresh_pending = False
+                self._refresh_maps_soon(time.time())
+
+            self.daemon.call_later(MAPS_REFRESH_MIN_GAP - gap, later)
+
+    def _overflow(self, source: str) -> None:
+        self._overflows[source] = self._overflows.get(source, 0) + 1
+        self.daemon.set_runtime(overflows=dict(self._overflows))
+        log.warning("events lost, full rescan source=%s count=%d", source,
+                    self._overflows[source])
+        self.daemon.refresh_now()
+
