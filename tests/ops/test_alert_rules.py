@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.conftest import DASHBOARDS, describe, run_tool
+from tests.ops.conftest import CONTRACT_METRICS, DASHBOARDS, describe, metric_names, run_tool
 
 RULES = DASHBOARDS / "vgpumon-alerts.yml"
 RULE_TESTS = DASHBOARDS / "vgpumon-alerts.test.yml"
@@ -66,6 +66,14 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
         assert "{{ $labels.instance }}" in annotations["summary"], "say which host"
     # What to do: at least one concrete command, quoted as code.
     assert "`" in annotations["description"], "the description must name a command"
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=[rule["alert"] for rule in ALERTS])
+def test_alerts_use_only_contract_metrics(rule: dict[str, Any]) -> None:
+    used = metric_names(rule["expr"]) | metric_names(rule["annotations"]["description"])
+    if 'up{job="vgpumon"}' not in rule["expr"]:  # Prometheus's own series, not vgpumon's
+        assert used, "no vgpumon metric in the expression"
+    assert used - CONTRACT_METRICS == set()
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
