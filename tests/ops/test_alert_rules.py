@@ -53,7 +53,7 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path) -> None:
     (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     result = run_tool("promtool", "test", "rules", tmp_path / RULE_TESTS.name)
     assert result.returncode != 0, describe(result)
-    assert "VgpumonCrashLoop" in result.stdout + result.stderr, describe(result)
+    assert "OllamaCrashLooping" in result.stdout + result.stderr, describe(result)
 
 
 @pytest.mark.parametrize("rule", ALERTS, ids=[rule["alert"] for rule in ALERTS])
