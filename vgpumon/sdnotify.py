@@ -85,14 +85,14 @@ class WatchdogTimeout:
         owner = env.get("WATCHDOG_PID")
         me = os.getpid() if pid is None else pid
         if owner and owner != str(me):
-            log.debug("watchdog not ours watchdog_pid=%s pid=%d", owner, me)
+            log.debug("watchdog off reason=not_our_pid watchdog_pid=%s pid=%d", owner, me)
             return None
         try:
             value = int(usec)
         except ValueError:
             value = 0
         if value <= 0:
-            log.warning("watchdog disabled: invalid WATCHDOG_USEC=%r", usec)
+            log.warning("watchdog off reason=invalid_timeout watchdog_usec=%r", usec)
             return None
         return cls(seconds=value / 1_000_000)
 

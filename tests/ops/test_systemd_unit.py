@@ -92,8 +92,8 @@ def test_verify_catches_a_broken_unit(installable_unit: Path) -> None:
     assert "bogus" in result.stderr, describe(result)
 
 
-def test_security_exposure_at_most_3(installable_unit: Path) -> None:
-    result = run_tool("systemd-analyze", "security", "--offline=true", installable_unit)
+def test_security_exposure_at_most_3() -> None:
+    result = run_tool("systemd-analyze", "security", "--offline=true", UNIT)
     assert result.returncode == 0, describe(result)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, describe(result)
@@ -101,15 +101,13 @@ def test_security_exposure_at_most_3(installable_unit: Path) -> None:
     # systemd's own gate agrees (its threshold is on a 0-100 scale).
     gate = run_tool(
         "systemd-analyze", "security", "--offline=true",
-        f"--threshold={int(MAX_EXPOSURE * 10)}", installable_unit,
+        f"--threshold={int(MAX_EXPOSURE * 10)}", UNIT,
     )
     assert gate.returncode == 0, describe(gate)
 
 
-def test_hardening_leaves_the_monitor_working(installable_unit: Path) -> None:
-    result = run_tool(
-        "systemd-analyze", "security", "--offline=true", "--json=short", installable_unit
-    )
+def test_hardening_leaves_the_monitor_working() -> None:
+    result = run_tool("systemd-analyze", "security", "--offline=true", "--json=short", UNIT)
     assert result.returncode == 0, describe(result)
     items = {item["json_field"]: item for item in json.loads(result.stdout)}
     closed = {
