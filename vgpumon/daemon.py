@@ -32,6 +32,7 @@ from vgpumon.exporter import VgpumonCollector
 from vgpumon.health import CollectorHealth
 from vgpumon.observer import HostObserver
 from vgpumon.publication import Published, Publisher, RuntimeInfo
+from vgpumon.sdnotify import Watchdog, notify
 from vgpumon.state import HostState, diff, process_started_event
 from vgpumon.tracker import Tracker
 from vgpumon.web import ExporterServer
@@ -63,6 +64,7 @@ class Daemon:
         self._next_refresh = 0.0
         self._refresh_hooks: list[Callable[[float], None]] = []
         self._classifier_wakeup: float | None = None
+        self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
         self.server: ExporterServer | None = None
 
@@ -128,9 +130,11 @@ class Daemon:
         self.watch(wakeup_read.fileno(), lambda _now: _drain(wakeup_read))
         if self.server is not None:
             self.server.serve_in_thread()
+        notify(f"READY=1\nSTATUS={self._status_line()}")
         try:
             while not self._stopping:
                 self.step()
+            notify("STOPPING=1")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -147,6 +151,9 @@ class Daemon:
         deadline = self._next_refresh
         if self._timers:
             deadline = min(deadline, self._timers[0][0])
+        ping_in = self.watchdog.seconds_until_due(time.monotonic())
+        if ping_in is not None:
+            deadline = min(deadline, time.monotonic() + ping_in)
         for key, _mask in self._selector.select(max(0.0, deadline - time.monotonic())):
             handler: Handler = key.data
             handler(time.time())
@@ -159,6 +166,9 @@ class Daemon:
             self.refresh_now()
         else:
             self.heartbeat()
+        if self.watchdog.due(time.monotonic()):
+            # Sent from the loop itself: a wedged loop stops pinging and systemd restarts it.
+            self.watchdog.kick(time.monotonic())
 
     def refresh_now(self) -> None:
         """The full refresh (timer, or after events were lost)."""
@@ -166,6 +176,7 @@ class Daemon:
         now = time.time()
         self.apply(self.observer.refresh(now))
         self._run_refresh_hooks(now)
+        notify(f"STATUS={self._status_line()}")
 
     def stop(self) -> None:
         self._stopping = True
@@ -239,11 +250,13 @@ class Daemon:
         now = time.time()
         if self._reload_config is None:
             return
+        notify("RELOADING=1")
         try:
             config = self._reload_config()
         except ConfigError as err:
             log.error("config reload failed, keeping the old config error=%r", str(err))
             self.set_runtime(config_reload_success=False, config_reload_timestamp=now)
+            notify("READY=1")
             return
         if config.listen != self.config.listen:
             log.warning("listen changed; restart vgpumon to apply it old=%s new=%s",
@@ -257,9 +270,15 @@ class Daemon:
         self._recent = deque(self._recent, maxlen=config.events.memory)
         self.set_runtime(config_reload_success=True, config_reload_timestamp=now)
         self.start()
+        notify("READY=1")
         log.info("config reloaded source=%s", config.source or "defaults")
 
     # -- publication ---------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        counts = ", ".join(f"{len(self._state.in_group(g.name))} {g.name}"
+                           for g in self.config.groups)
+        return f"watching {counts}; exits via {self.runtime.exit_mechanism}"
 
     def _run_refresh_hooks(self, now: float) -> None:
         for hook in self._refresh_hooks:

@@ -191,7 +191,15 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
         loop.add_metric([group], 1 if counters.crash_loop.get(group) else 0)
         window_crashes.add_metric([group], counters.window_crashes.get(group, 0))
         window_starts.add_metric([group], counters.window_starts.get(group, 0))
-    yield from (starts, exits, crashes, last_crash, loop, window_crashes, window_starts)
+    threshold = GaugeMetricFamily("vgpumon_crash_loop_threshold",
+                                  "Crashes inside the window that make a crash loop "
+                                  "(crash_loop.crashes).")
+    threshold.add_metric([], config.crash_loop.crashes)
+    window = GaugeMetricFamily("vgpumon_crash_loop_window_seconds",
+                               "The crash_loop window.")
+    window.add_metric([], config.crash_loop.window)
+    yield from (starts, exits, crashes, last_crash, loop, window_crashes, window_starts,
+                threshold, window)
 
 
 def self_families(published: Published) -> Iterator[Metric]:

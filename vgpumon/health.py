@@ -45,6 +45,9 @@ class CollectorHealth:
         self._status[name] = CollectorStatus(name, success, duration, last_success,
                                              None if success else error)
 
+    def status(self, name: str) -> CollectorStatus | None:
+        return self._status.get(name)
+
     def forget(self, name: str) -> None:
         self._status.pop(name, None)
 

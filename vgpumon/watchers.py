@@ -117,6 +117,16 @@ class EventSources:
             self.daemon.health.run("inotify", now, self._arm_fswatch)
         if self._pidfds is not None:
             self._sync_pidfds()
+        self._still_healthy(now)
+
+    def _still_healthy(self, now: float) -> None:
+        """An event source with nothing to report is fine: renew its last success."""
+        health = self.daemon.health
+        for name, open_source in (("exits", self._connector or self._pidfds),
+                                  ("kmsg", self._kmsg)):
+            status = health.status(name)
+            if open_source is not None and (status is None or status.success):
+                health.record(name, now, True, 0.0)
 
     def _arm_fswatch(self) -> None:
         assert self._fs is not None

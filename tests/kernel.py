@@ -1,0 +1,60 @@
+"""Helpers that make the kernel produce real cases: OOM kills in a memory cgroup, segfaults."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+CGROUP_V1_MEMORY = "/sys/fs/cgroup/memory"
+CGROUP_V2 = "/sys/fs/cgroup"
+
+# A child that faults inside libc (NULL read): an unhandled SIGSEGV the kernel logs.
+SEGFAULT_CODE = "import ctypes; ctypes.string_at(0)"
+# A child that allocates until the memory cgroup's OOM killer ends it.
+ALLOCATE_CODE = "x = []\nwhile True: x.append(bytearray(8 << 20))"
+
+
+def _v2_available() -> bool:
+    try:
+        with open(os.path.join(CGROUP_V2, "cgroup.controllers")) as handle:
+            return "memory" in handle.read().split()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_bytes: int = 64 << 20) -> Iterator[Callable[[int], None]]:
+    """A fresh memory cgroup with a small limit; yields `add(pid)`. Removed afterwards."""
+    name = f"vgpumon-test-{uuid.uuid4().hex[:8]}"
+    if os.path.isdir(CGROUP_V1_MEMORY):
+        path = os.path.join(CGROUP_V1_MEMORY, name)
+        limit_file, swap_file = "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"
+    elif _v2_available():
+        path = os.path.join(CGROUP_V2, name)
+        limit_file, swap_file = "memory.max", "memory.swap.max"
+    else:
+        pytest.skip("this kernel offers no memory cgroup to produce a real OOM kill")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, limit_file), "w") as handle:
+            handle.write(str(limit_bytes))
+        with contextlib.suppress(OSError), open(os.path.join(path, swap_file), "w") as handle:
+            handle.write(str(limit_bytes) if swap_file.startswith("memory.memsw") else "0")
+
+        def add(pid: int) -> None:
+            with open(os.path.join(path, "cgroup.procs"), "w") as handle:
+                handle.write(str(pid))
+
+        yield add
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def preexec_join(add: Callable[[int], None]) -> Callable[[], None]:
+    """A `preexec_fn` that moves the child into the cgroup before it execs."""
+    return lambda: add(os.getpid())

@@ -1,0 +1,142 @@
+"""Pure parsers of the event sources: netlink datagrams, kmsg records, inotify meanings."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from inotify_simple import flags
+
+from vgpumon.sources.fswatch import interpret, plan_watches
+from vgpumon.sources.kmsg import KmsgFormatError, parse_oom_kill, parse_record, parse_segfault
+from vgpumon.sources.proc_connector import (
+    EV_EXEC,
+    EV_EXIT,
+    EV_FORK,
+    kernel_supports_filter,
+    parse_datagram,
+    subscribe_message,
+)
+
+
+def datagram(what: int, body: bytes) -> bytes:
+    event = struct.pack("=IIQ", what, 3, 123456789) + body
+    cn = struct.pack("=IIIIHH", 1, 1, 7, 0, len(event), 0) + event
+    return struct.pack("=IHHII", 16 + len(cn), 3, 0, 7, 0) + cn
+
+
+def test_exit_datagram_gives_the_wait_status():
+    data = datagram(EV_EXIT, struct.pack("=iiIiii", 4242, 4242, 0xB, 17, 4100, 4100))
+    assert len(data) == 76  # as the kernel sends it
+    (event,) = parse_datagram(data)
+    assert (event.kind, event.pid, event.status, event.parent_tgid) == ("exit", 4242, 11, 4100)
+    assert event.is_process
+
+
+def test_thread_exit_is_not_a_process_exit():
+    (event,) = parse_datagram(datagram(EV_EXIT, struct.pack("=iiIiii", 4243, 4242, 0, -1, 0, 0)))
+    assert not event.is_process
+
+
+def test_exec_and_fork_and_several_messages_in_one_datagram():
+    data = (datagram(EV_EXEC, struct.pack("=ii", 10, 10))
+            + datagram(EV_FORK, struct.pack("=iiii", 1, 1, 11, 11)))
+    assert [(e.kind, e.pid) for e in parse_datagram(data)] == [("exec", 10), ("fork", 11)]
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 15, b"\xff" * 40,
+                                  datagram(EV_EXIT, b"short")[:50],
+                                  struct.pack("=IHHII", 8, 3, 0, 0, 0)])
+def test_malformed_datagrams_are_skipped(data):
+    assert parse_datagram(data) == []
+
+
+def test_subscribe_message_with_and_without_filter():
+    plain, filtered = subscribe_message(None), subscribe_message(EV_EXEC | EV_EXIT)
+    assert len(plain) == 16 + 20 + 4 and len(filtered) == 16 + 20 + 8
+    assert struct.unpack_from("=II", filtered, 36) == (1, EV_EXEC | EV_EXIT)
+
+
+@pytest.mark.parametrize(("release", "supported"), [
+    ("6.6.0", True), ("6.18.44-fc", True), ("7.0", True), ("6.5.13", False), ("5.15.0-91", False),
+    ("garbage", False),
+])
+def test_filter_support_by_kernel_release(release, supported):
+    assert kernel_supports_filter(release) is supported
+
+
+def test_kmsg_record():
+    record = parse_record(b"6,912,88231004,-;ollama_llama_se[51207]: segfault at 18\n"
+                          b" SUBSYSTEM=x\n")
+    assert (record.priority, record.facility, record.sequence) == (6, 0, 912)
+    assert record.timestamp_us == 88231004
+    assert record.message == "ollama_llama_se[51207]: segfault at 18"
+    assert parse_record(b"14,5,1,-;user text").facility == 1
+
+
+@pytest.mark.parametrize("data", [b"", b"no header", b"a,b,c;x", b"6,1;x"])
+def test_kmsg_garbage(data):
+    with pytest.raises(KmsgFormatError):
+        parse_record(data)
+
+
+@pytest.mark.parametrize(("message", "pid", "library", "kind"), [
+    ("ollama_llama_se[51207]: segfault at 18 ip 00007f2c8e1d4119 sp 00007ffc0a9b7e30 error 4 "
+     "in libggml-cuda.so[4d4119,7f2c8dd00000+2a10000] likely on CPU 3 (core 3, socket 0)",
+     51207, "libggml-cuda.so", "segfault"),
+    ("llama-server[9]: segfault at 0 ip 00007f12 sp 00007ffd error 6 in "
+     "libvgpu-cuda.so[7f0000+1000]", 9, "libvgpu-cuda.so", "segfault"),
+    ("my prog[77]: segfault at 0 ip 0000000000401136 sp 00007ffd error 6", 77, None, "segfault"),
+    ("traps: python3[1234] general protection fault ip:7f12 sp:7ffd error:0 in "
+     "libc.so.6[7f00+1000]", 1234, "libc.so.6", "general protection fault"),
+    ("traps: prog[123] trap invalid opcode ip:401136 sp:7ffd error:0 in prog[401000+1000]",
+     123, "prog", "invalid opcode"),
+])
+def test_segfault_records(message, pid, library, kind):
+    fault = parse_segfault(message)
+    assert (fault.pid, fault.library, fault.kind) == (pid, library, kind)
+
+
+@pytest.mark.parametrize(("message", "pid"), [
+    ("Out of memory: Killed process 4242 (ollama) total-vm:1kB, anon-rss:1kB, file-rss:0kB, "
+     "shmem-rss:0kB, UID:997 pgtables:4kB oom_score_adj:0", 4242),
+    ("Memory cgroup out of memory: Killed process 3119 (python3) total-vm:67784kB", 3119),
+    ("oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+     "oom_memcg=/vgtest,task_memcg=/vgtest,task=python3,pid=3119,uid=0", 3119),
+])
+def test_oom_records(message, pid):
+    assert parse_oom_kill(message).pid == pid
+
+
+@pytest.mark.parametrize("message", ["ollama invoked oom-killer: gfp_mask=0x140cca, order=0",
+                                     "random line", "oom-kill:constraint=X"])
+def test_not_oom_records(message):
+    assert parse_oom_kill(message) is None
+
+
+PLAN = plan_watches(
+    link_paths=["/usr/lib64/libcuda.so.1"],
+    link_related=["/usr/lib64/libvgpu-cuda.so"],
+    library_dirs=["/usr/local/lib/ollama/cuda_v12"],
+    library_patterns=["libggml-cuda.so*", "libvgpu-cuda.so"],
+)
+
+
+@pytest.mark.parametrize(("directory", "mask", "name", "links", "libraries"), [
+    ("/usr/lib64", flags.MOVED_TO, "libcuda.so.1", True, False),       # ln -sf
+    ("/usr/lib64", flags.CREATE, ".libcuda.so.1.tmp", False, False),
+    ("/usr/lib64", flags.DELETE, "libvgpu-cuda.so", True, True),
+    ("/usr/lib64", flags.OPEN, "libvgpu-cuda.so", False, True),       # a process loads it
+    ("/usr/lib64", flags.OPEN, "libc.so.6", False, False),            # noise
+    ("/usr/local/lib/ollama/cuda_v12", flags.OPEN, "libggml-cuda.so", False, True),
+    ("/usr/local/lib/ollama/cuda_v12", flags.CLOSE_NOWRITE, "libggml-cuda.so", False, True),
+])
+def test_inotify_meanings(directory, mask, name, links, libraries):
+    change = interpret(PLAN, directory, mask, name)
+    assert (change.links, change.libraries) == (links, libraries)
+
+
+def test_overflow_and_vanished_directory():
+    assert interpret(PLAN, None, flags.Q_OVERFLOW, "").overflow
+    gone = interpret(PLAN, "/usr/lib64", flags.DELETE_SELF, "")
+    assert gone.rearm and gone.links
