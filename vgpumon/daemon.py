@@ -81,7 +81,9 @@ class Daemon:
         """Open the exporter's port (after the config was validated and the first refresh)."""
         self.server = ExporterServer((self.config.listen_host, self.config.listen_port),
                                      self.registry(), self.publisher)
-        log.info("listening address=%s", self.config.listen)
+        host = self.config.listen_host
+        log.info("listening address=%s:%d", f"[{host}]" if ":" in host else host,
+                 self.server.port)
         return self.server
 
     def watch(self, fd: int, handler: Handler) -> None:

@@ -1,0 +1,123 @@
+"""Run the real `vgpumon` command against a config and read it through its HTTP endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+_LISTENING = re.compile(r"listening address=(\S+)")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+class Vgpumon:
+    """A `vgpumon run` subprocess with its own config file."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None):
+        config = {"listen": "127.0.0.1:0", **config}
+        self.config_path = workdir / "vgpumon.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_lines: list[str] = []
+        self._address: str | None = None
+        command = [sys.executable, "-m", "vgpumon", *args, "run", "--config",
+                   str(self.config_path)]
+        self.process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, preexec_fn=preexec,
+        )
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        wait_for(lambda: self._address or self.process.poll() is not None, 30,
+                 message="vgpumon to listen")
+        if self._address is None:
+            raise AssertionError("vgpumon exited early:\n" + "\n".join(self.log_lines))
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+            match = _LISTENING.search(line)
+            if match:
+                self._address = match.group(1)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._address}"
+
+    def get(self, path: str, timeout: float = 5.0) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return parse_metrics(self.get("/metrics").decode())
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics().get((name, tuple(sorted(labels.items()))))
+
+    def wait_value(self, name: str, expected: float, timeout: float = 10.0,
+                   **labels: str) -> None:
+        wait_for(lambda: self.value(name, **labels) == expected, timeout,
+                 message=f"{name}{labels} == {expected}")
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        path = "/events" + (f"?kind={kind}" if kind else "")
+        return json.loads(self.get(path))["events"]
+
+    def wait_event(self, kind: str, timeout: float = 10.0,
+                   match: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
+        return wait_for(lambda: next((e for e in self.events(kind) if match(e)), None), timeout,
+                        message=f"a {kind} event")
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.get("/state"))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return "\n".join(self.log_lines)
