@@ -287,11 +287,7 @@ class _StringTable:
         self, read_at: ReadAt, segments: tuple[_Segment, ...], vaddr: int, size: int | None
     ) -> None:
         load = next(
-            (
-                s
-                for s in segments
-                if s.type == PT_LOAD and s.vaddr <= vaddr < s.vaddr + s.filesz
-            ),
+            (s for s in segments if s.type == PT_LOAD and s.vaddr <= vaddr < s.vaddr + s.filesz),
             None,
         )
         if load is None:
