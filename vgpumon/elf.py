@@ -38,6 +38,7 @@ EM_RISCV = 243
 
 PT_LOAD = 1
 PT_DYNAMIC = 2
+PT_INTERP = 3
 PT_NOTE = 4
 
 DT_NULL = 0
@@ -86,6 +87,7 @@ class ElfInfo:
     runpath: str | None = None
     flags_1: int | None = None  # DT_FLAGS_1, when present
     build_id: str | None = None  # NT_GNU_BUILD_ID, lower-case hex
+    interpreter: str | None = None  # PT_INTERP: the program's dynamic loader
 
     @property
     def nodeflib(self) -> bool:
@@ -194,6 +196,7 @@ def _parse(read_at: ReadAt) -> ElfInfo:
         type=e_type,
         machine=e_machine,
         build_id=_build_id(read_at, lay, segments),
+        interpreter=_interpreter(read_at, segments),
         **dynamic,
     )
 
@@ -313,6 +316,16 @@ class _StringTable:
             if end >= 0:
                 return os.fsdecode(data + chunk[:end])
             data += chunk
+
+
+def _interpreter(read_at: ReadAt, segments: tuple[_Segment, ...]) -> str | None:
+    seg = next((s for s in segments if s.type == PT_INTERP), None)
+    if seg is None:
+        return None
+    if not 0 < seg.filesz <= 4096:
+        raise ElfError(f"PT_INTERP of implausible size {seg.filesz}")
+    data = _read_exact(read_at, seg.offset, seg.filesz, "PT_INTERP")
+    return os.fsdecode(data.split(b"\0", 1)[0])
 
 
 def _build_id(read_at: ReadAt, lay: _Layout, segments: tuple[_Segment, ...]) -> str | None:

@@ -22,6 +22,7 @@ class ReadelfFacts:
     runpath: str | None
     nodeflib: bool
     build_id: str | None
+    interpreter: str | None
 
 
 def readelf_facts(path: str | os.PathLike[str]) -> ReadelfFacts:
@@ -52,6 +53,10 @@ def readelf_facts(path: str | os.PathLike[str]) -> ReadelfFacts:
         elif tag in ("SONAME", "RPATH", "RUNPATH"):
             last[tag] = value.group(1)
     build = re.search(r"Build ID: ([0-9a-f]+)", notes)
+    headers = subprocess.run(
+        [READELF, "-lW", os.fspath(path)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    interp = re.search(r"\[Requesting program interpreter: (.*)\]", headers)
     return ReadelfFacts(
         needed=tuple(needed),
         soname=last.get("SONAME"),
@@ -59,4 +64,5 @@ def readelf_facts(path: str | os.PathLike[str]) -> ReadelfFacts:
         runpath=last.get("RUNPATH"),
         nodeflib=nodeflib,
         build_id=build.group(1) if build else None,
+        interpreter=interp.group(1) if interp else None,
     )

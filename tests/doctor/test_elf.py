@@ -75,6 +75,7 @@ def _compare_with_readelf(path: str) -> ElfInfo:
     assert info.runpath == want.runpath
     assert info.nodeflib == want.nodeflib
     assert info.build_id == want.build_id
+    assert info.interpreter == want.interpreter
     return info
 
 
@@ -98,6 +99,13 @@ def test_samples_cover_what_the_loader_uses() -> None:
     assert any(len(i.needed) > 2 for i in infos)
     assert any(i.runpath for i in infos) or sys.platform != "linux"
     assert all(i.build_id for i in infos)
+
+
+@needs_readelf
+@pytest.mark.parametrize("program", ["/usr/bin/ls", "/bin/sh", sys.executable])
+def test_executable_matches_readelf(program: str) -> None:
+    info = _compare_with_readelf(os.path.realpath(program))
+    assert info.interpreter and info.interpreter.startswith("/")
 
 
 def test_libc_facts() -> None:
