@@ -144,15 +144,26 @@ class Resolution:
 
     @property
     def loadable(self) -> bool:
-        """Every dependency resolves (failed preloads are only warnings to ld.so)."""
-        return all(d.resolved for d in self.dependencies if d.requester not in _PRELOADERS)
+        """Everything the root needs, directly or through what it loads, resolves. (A preload
+        that fails is only a warning to ld.so, and does not count.)"""
+        path_of = {o.identity: o.path for o in self.objects}
+        edges: dict[str, list[Dependency]] = {}
+        for dep in self.dependencies:
+            edges.setdefault(dep.requester, []).append(dep)
+        seen, todo = {self.root.path}, [self.root.path]
+        while todo:
+            for dep in edges.get(todo.pop(), ()):
+                if dep.identity is None:
+                    return False
+                path = path_of[dep.identity]
+                if path not in seen:
+                    seen.add(path)
+                    todo.append(path)
+        return True
 
     def find(self, name: str) -> Dependency | None:
         """The first edge that asked for `name` (the one that decided what got loaded)."""
         return next((d for d in self.dependencies if d.name == name), None)
-
-
-_PRELOADERS = (LD_PRELOAD, ETC_PRELOAD)
 
 
 @dataclass(frozen=True)
