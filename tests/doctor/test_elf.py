@@ -97,7 +97,6 @@ def test_samples_cover_what_the_loader_uses() -> None:
     infos = [read_elf(p) for p in SYSTEM_LIBS + EXTENSIONS]
     assert any(i.soname for i in infos)
     assert any(len(i.needed) > 2 for i in infos)
-    assert any(i.runpath for i in infos) or sys.platform != "linux"
     assert all(i.build_id for i in infos)
 
 
