@@ -160,10 +160,14 @@ class _Line:
         self.text = record.msg
         self.attrs = record.attrs
 
-    def describe(self) -> str:
+    def full_text(self) -> str:
         """The record as one message: its text, plus ``: <error>`` for slog records."""
         error = self.attrs.get("error")
-        return _cap(f"{self.text}: {error}" if error else self.text)
+        return f"{self.text}: {error}" if error else self.text
+
+    def describe(self) -> str:
+        """`full_text`, cut to `MESSAGE_LIMIT` for an event."""
+        return _cap(self.full_text())
 
     def event(self, kind: str, fields: Mapping[str, Any], keep: tuple[str, ...] = ()) -> Event:
         """An event of this line; None-valued fields are left out unless named in `keep`."""
@@ -231,14 +235,13 @@ class LogInterpreter:
             handler = LogInterpreter._server_estimate
         if handler is not None:
             return handler(self, line)
-        emitted = self._text_rules(line)
-        if not emitted and "error" in line.attrs:
-            emitted = self._exit_in_error(line)
-        return emitted
+        return self._text_rules(line, line.full_text())
 
-    def _text_rules(self, line: _Line) -> list[Event]:
+    def _text_rules(self, line: _Line, text: str | None = None) -> list[Event]:
+        """Apply the first matching text rule to `text` (a slog record's msg and error)."""
+        text = line.text if text is None else text
         for pattern, handler in _TEXT_RULES:
-            m = pattern.search(line.text)
+            m = pattern.search(text)
             if m is not None:
                 return handler(self, line, m)
         return []
