@@ -103,7 +103,7 @@ _LAYERS_ENTRY = re.compile(r"Layers:(\d{1,6})")
 _NUMBER = re.compile(r"-?\d{1,9}")
 _MISSING_LIBRARY = re.compile(r"error while loading shared libraries: ([^:\s]+):")
 _NO_LONGER_RUNNING_CODE = re.compile(r"(-?\d{1,10})(?: (.*))?", re.DOTALL)
-_GGML_ABORT_LINE = re.compile(r"GGML_ASSERT\(.*\) failed|^\s*ROCm error")
+_GGML_ABORT_LINE = re.compile(r"GGML_ASSERT\(|^\s*ROCm error")
 
 
 def parse_size(text: str | None) -> int | None:
@@ -612,7 +612,7 @@ _NO_LONGER_RUNNING = re.compile(
 
 # Rules over a record's text (slog msg or an unprefixed line), first match wins.
 _TEXT_RULES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
-    (re.compile(r"Listening on (.*) \(version ([^)\s]{1,100})\)"), LogInterpreter._version),
+    (re.compile(r"Listening on (\S+) \(version ([^)\s]{1,100})\)"), LogInterpreter._version),
     (re.compile(r"^starting llama runner$"), LogInterpreter._old_runner_started),
     (re.compile(r"^error starting (?:the external )?llama runner"), LogInterpreter._load_failed),
     (

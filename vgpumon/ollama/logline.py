@@ -229,8 +229,11 @@ def _scan_value(text: str, pos: int) -> tuple[str, int]:
     return m.group(), m.end()
 
 
-def scan_pairs(text: str, pos: int = 0) -> list[tuple[str, str]]:
-    """Every ``key=value`` pair of `text` from `pos` on, in order; `LogFormatError` otherwise."""
+def scan_pairs(text: str, pos: int = 0, starts: list[int] | None = None) -> list[tuple[str, str]]:
+    """Every ``key=value`` pair of `text` from `pos` on, in order; `LogFormatError` otherwise.
+
+    If `starts` is given, the position where each pair starts is appended to it.
+    """
     pairs: list[tuple[str, str]] = []
     end = len(text)
     while True:
@@ -241,6 +244,8 @@ def scan_pairs(text: str, pos: int = 0) -> list[tuple[str, str]]:
             return pairs
         if gap is None and pairs:
             raise LogFormatError(f"expected a space at column {pos}")
+        if starts is not None:
+            starts.append(pos)
         key, pos = _scan_key(text, pos)
         if not text.startswith("=", pos):
             raise LogFormatError(f"expected '=' after key {key!r} at column {pos}")
@@ -297,14 +302,16 @@ _MAX_BOUNDARY_TRIES = 8
 def split_bridged_message(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """Split ``message key=value …`` (slog's default handler) into message and attributes."""
     tries = 0
+    doomed: set[int] = set()  # pair starts a failed scan went through: they fail again
     pos = text.find(" ")
     while pos != -1 and tries < _MAX_BOUNDARY_TRIES:
-        if _KEY_START.match(text, pos + 1):
+        if pos + 1 not in doomed and _KEY_START.match(text, pos + 1):
             tries += 1
+            starts: list[int] = []
             try:
-                return text[:pos], tuple(scan_pairs(text, pos + 1))
+                return text[:pos], tuple(scan_pairs(text, pos + 1, starts))
             except LogFormatError:
-                pass
+                doomed.update(starts)
         pos = text.find(" ", pos + 1)
     return text, ()
 

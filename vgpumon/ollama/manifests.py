@@ -27,7 +27,7 @@ DEFAULT_NAMESPACE = "library"
 # Manifests are a few hundred bytes; anything much larger is not one.
 MAX_MANIFEST_BYTES = 1 << 20
 
-_BLOB_ARG = re.compile(r"(?:^|[/\\])sha256[-:]([0-9a-fA-F]{64})")
+_BLOB_ARG = re.compile(r"(?:^|[/\\])sha256[-:]([0-9a-fA-F]{64})\Z")
 _LAYER_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _LABEL_DIGITS = 12
 
@@ -57,9 +57,7 @@ def blob_digest_from_model_arg(arg: str) -> str | None:
     """The hex digest of a runner's ``--model`` value (``…/blobs/sha256-<hex>`` or
     ``sha256:<hex>``), lower-case; None if it names no blob (an MLX model name, a GGUF path)."""
     m = _BLOB_ARG.search(arg)
-    if m is None or m.end() != len(arg):
-        return None
-    return m.group(1).lower()
+    return m.group(1).lower() if m else None
 
 
 def model_label(digest: str, names: Mapping[str, tuple[str, ...]]) -> str:
