@@ -1025,3 +1025,18 @@ def test_event_time_comes_from_the_record_then_the_transport_then_now():
 def test_events_serialise_to_json():
     for event in run(START_QWEN, *SEGV_IN_CGO, EXIT_2, *[p for p, _ in PROBLEMS]):
         assert event.to_json().startswith('{"ts":')
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Listening on " * 80_000,
+        "GGML_ASSERT(" * 80_000,
+        "2024/01/27 08:14:55 x.go:1: INFO m " + "a=b " * 250_000 + "junk",
+        "time=2025-01-01T00:00:00.000Z level=INFO msg=m " + "a=b " * 250_000 + '"',
+        "[signal SIGSEGV: " + "x" * (1 << 20),
+    ],
+)
+def test_pathological_megabyte_lines_are_read(line):
+    # Guards against regexes that backtrack quadratically: these lines took minutes before.
+    assert isinstance(run(line), list)

@@ -143,6 +143,8 @@ def test_unreadable_directory_is_counted(store: Path, monkeypatch: pytest.Monkey
         (f"/blobs/sha256-{LLAMA}x", None),
         (f"/blobs/sha256-{LLAMA[:63]}", None),
         (f"/blobs/xsha256-{LLAMA}", None),
+        (f"/m/sha256-{QWEN}/blobs/sha256-{LLAMA}", LLAMA),
+        (f"/blobs/sha256-{LLAMA}\n", None),
         ("", None),
     ],
 )
