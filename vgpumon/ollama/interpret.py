@@ -190,7 +190,7 @@ class LogInterpreter:
         self._trace = GoTraceReader()
         self._trace_ts = 0.0
         self._crash: GoCrash | None = None  # the last crash trace, refines the next exit
-        self._abort_line: str | None = None  # last GGML_ASSERT / CUDA error line
+        self._abort_line: str | None = None  # last GGML_ASSERT / CUDA error line: the cause
         self._missing_library: tuple[str, str] | None = None  # (library, loader line)
         self._last_exit_ts: float | None = None
         self._round = 0
@@ -455,6 +455,7 @@ class LogInterpreter:
         return []
 
     def _crash_events(self, crashes: list[GoCrash]) -> list[Event]:
+        """One ``go_crash`` per finished trace header; the last one refines the next exit."""
         emitted = []
         for crash in crashes:
             self._crash = crash
@@ -466,15 +467,8 @@ class LogInterpreter:
                 "cgo": crash.cgo,
                 "cause": self._abort_line,
             }
-            emitted.append(
-                Event(
-                    self._trace_ts,
-                    GO_CRASH,
-                    self._of_model(
-                        {k: v for k, v in fields.items() if v is not None or k == "signal"}
-                    ),
-                )
-            )
+            kept = {k: v for k, v in fields.items() if v is not None or k == "signal"}
+            emitted.append(Event(self._trace_ts, GO_CRASH, self._of_model(kept)))
         return emitted
 
     # --- offload ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ JSON = "json"
 # How many leading lines `replay` looks at to tell the format.
 SAMPLE_LINES = 50
 
-_JOURNAL_MARKER = re.compile(r"-- .* --|-- No entries --")
+_JOURNAL_MARKER = re.compile(r"-- .* --")  # "-- Boot … --", "-- No entries --"
 _SYSLOG_STYLES = frozenset(
     {"short", "short-precise", "short-iso", "short-iso-precise", "short-monotonic"}
 )
@@ -121,8 +121,6 @@ def _records(line: bytes | str, log_format: str, local_tz: tzinfo) -> list[LogRe
 
 
 def _journal_records(line: bytes | str, local_tz: tzinfo) -> list[LogRecord] | None:
-    if isinstance(line, bytes | str) and not decode_line(line).strip():
-        return None
     try:
         entry = parse_journal_json(line)
     except JournalFormatError:
