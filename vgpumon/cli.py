@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="print the JSON lines as they are")
     events.set_defaults(func=cmd_events)
+
+    replay = commands.add_parser(
+        "replay", help="print the timeline of an Ollama server log (post-mortems)",
+        description="Read an Ollama server log (plain, journalctl -o short, or "
+                    "journalctl -o json) and print what happened, with the same parser as "
+                    "the daemon.")
+    replay.add_argument("log", metavar="LOG", help="the log file, or - for standard input")
+    replay.add_argument("--json", action="store_true",
+                        help="one event per line as JSON (the event log's format)")
+    replay.add_argument("--format", choices=["plain", "short", "json"],
+                        help="the log's format (default: detected from the first lines)")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 
@@ -96,34 +108,38 @@ def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vgpumon.daemon import Daemon
+    from vgpumon.ollama_sources import OllamaSources
     from vgpumon.watchers import EventSources
 
     loader = config_loader(args)
     config = loader()  # a bad config exits 2 here, before any port is bound
     daemon = Daemon(config, reload_config=loader)
-    sources = EventSources(daemon)
+    sources = [EventSources(daemon), OllamaSources(daemon)]
     daemon.start()
-    sources.start()
+    for source in sources:
+        source.start()
     try:
         daemon.bind()
     except OSError as err:
         print(f"vgpumon: cannot listen on {config.listen}: {err.strerror or err}",
               file=sys.stderr)
-        sources.close()
-        daemon.close()
         return EXIT_FAILURE
     try:
         return daemon.run()
     finally:
-        sources.close()
+        for source in sources:
+            source.close()
+        daemon.close()
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vgpumon.daemon import Daemon
+    from vgpumon.ollama_sources import OllamaSources
 
     config = load_config(args.config)
     daemon = Daemon(config)
     daemon.start()
+    OllamaSources(daemon).look_once()
     registry = daemon.registry(with_process_metrics=False)
     if args.textfile:
         write_to_textfile(args.textfile, registry)
@@ -160,3 +176,31 @@ def cmd_events(args: argparse.Namespace) -> int:
         return EXIT_OK
     return EXIT_OK
 
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from vgpumon.ollama.replay import ReplayStats, replay
+    from vgpumon.timeline import format_timeline
+
+    stats = ReplayStats()
+    try:
+        handle = sys.stdin.buffer if args.log == "-" else open(args.log, "rb")  # noqa: SIM115
+    except OSError as err:
+        print(f"vgpumon: cannot read {args.log}: {err.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        events = replay(handle, stats=stats, log_format=args.format)
+        if args.json:
+            for event in events:
+                print(event.to_json())
+        else:
+            for line in format_timeline(events):
+                print(line)
+    except BrokenPipeError:
+        return EXIT_OK
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
+    print(f"vgpumon: {stats.lines} lines ({stats.format}), {stats.records} records, "
+          f"{stats.events} events, {stats.skipped} skipped", file=sys.stderr)
+    return EXIT_OK

@@ -31,6 +31,7 @@ from vgpumon.exitclassifier import ExitClassifier
 from vgpumon.exporter import VgpumonCollector
 from vgpumon.health import CollectorHealth
 from vgpumon.observer import HostObserver
+from vgpumon.ollama.state import OllamaState
 from vgpumon.publication import Published, Publisher, RuntimeInfo
 from vgpumon.sdnotify import Watchdog, notify
 from vgpumon.state import HostState, diff, process_started_event
@@ -55,6 +56,7 @@ class Daemon:
         self._recent: deque[Event] = deque(maxlen=config.events.memory)
         self.runtime = RuntimeInfo(started_at=now, config_reload_timestamp=now, heartbeat=now)
         self._state = HostState(now)
+        self._ollama = OllamaState()
         self.publisher = Publisher(self._published(now))
         self._selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -110,7 +112,7 @@ class Daemon:
     def start(self) -> None:
         """The first refresh: a baseline, so processes already running are not "started"."""
         now = time.time()
-        self._state = self.observer.refresh(now)
+        self._state = replace(self.observer.refresh(now), ollama=self._ollama)
         self._next_refresh = time.monotonic() + self.config.interval
         self._run_refresh_hooks(now)
         self._publish(now)
@@ -199,6 +201,7 @@ class Daemon:
         exit status and evidence before it emits `process_exited`.
         """
         now = new.taken_at
+        new = replace(new, ollama=self._ollama)
         change = diff(self._state, new)
         for gone in change.vanished:
             self.classifier.vanished(gone.process, now,
@@ -242,6 +245,11 @@ class Daemon:
             self.record((), time.time())
 
         self.call_later(max(0.0, deadline - now) + 0.001, settle)
+
+    def set_ollama(self, state: OllamaState) -> None:
+        """Adopt what the Ollama sources know now (API answer, log facts)."""
+        self._ollama = state
+        self._state = replace(self._state, ollama=state)
 
     def heartbeat(self) -> None:
         """Publish that the loop is alive (for /healthz and the systemd watchdog)."""

@@ -34,6 +34,8 @@ OUT_OF_MEMORY = "out_of_memory"
 LOAD_FAILED = "load_failed"
 BACKEND_LOAD_FAILED = "backend_load_failed"
 BACKEND_LOADED = "backend_loaded"
+# Not in DESIGN.md's table: one Go runtime crash trace in the Ollama log (signal, pc, message).
+GO_CRASH = "go_crash"
 
 # Ollama log problems that are also counted in vgpumon_ollama_log_errors_total{kind}.
 LOG_ERROR_KINDS = (
@@ -68,6 +70,7 @@ ALL_KINDS = (
     LOAD_FAILED,
     BACKEND_LOAD_FAILED,
     BACKEND_LOADED,
+    GO_CRASH,
 )
 
 _RESERVED = frozenset({"ts", "kind"})

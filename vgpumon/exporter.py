@@ -15,8 +15,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vgpumon import __version__
-from vgpumon.events import ALL_KINDS
+from vgpumon.events import ALL_KINDS, LOG_ERROR_KINDS
 from vgpumon.exits import REASONS
+from vgpumon.ollama.manifests import blob_digest_from_model_arg, model_label
+from vgpumon.ollama.state import OllamaState
 from vgpumon.publication import Published
 from vgpumon.sources.libraries import bypassing
 from vgpumon.sources.links import LINK_STATES
@@ -24,6 +26,9 @@ from vgpumon.sources.links import LINK_STATES
 log = logging.getLogger(__name__)
 
 EXIT_MECHANISMS = ("proc_connector", "pidfd", "poll")
+# The model label is bounded by the locally pulled models; this caps it even so.
+MAX_MODELS = 100
+MAX_LABEL = 200
 OVERFLOW_SOURCES = ("proc_connector", "inotify")
 
 
@@ -53,6 +58,7 @@ def families(published: Published) -> Iterator[Metric]:
     yield from library_families(published)
     yield from link_families(published)
     yield from lifecycle_families(published)
+    yield from ollama_families(published)
     yield from self_families(published)
 
 
@@ -200,6 +206,99 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
     window.add_metric([], config.crash_loop.window)
     yield from (starts, exits, crashes, last_crash, loop, window_crashes, window_starts,
                 threshold, window)
+
+
+def loaded_models(published: Published) -> dict[str, str | None]:
+    """Model label -> blob digest, for every model loaded now: listed by /api/ps, or run by a
+    tracked runner. Labels come from the local manifests, never from a client."""
+    ollama = published.state.ollama
+    blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
+    models: dict[str, str | None] = {}
+    if ollama.api is not None and ollama.api.up:
+        for model in ollama.api.models:
+            blob = blob_of_name.get(model.name)
+            label = model.name if blob is not None else model_label(model.digest, {})
+            models[label[:MAX_LABEL]] = blob
+    for state in published.state.processes:
+        blob = blob_digest_from_model_arg(state.process.model_arg or "")
+        if blob is not None:
+            models.setdefault(model_label(blob, ollama.names)[:MAX_LABEL], blob)
+    return dict(sorted(models.items())[:MAX_MODELS])
+
+
+def ollama_families(published: Published) -> Iterator[Metric]:
+    ollama: OllamaState = published.state.ollama
+    api = ollama.api
+    if api is not None:
+        up = GaugeMetricFamily("vgpumon_ollama_up", "Whether Ollama's API answered.")
+        up.add_metric([], 1 if api.up else 0)
+        yield up
+    version = (api.version if api is not None and api.up else None) or ollama.version
+    if version:
+        info = GaugeMetricFamily("vgpumon_ollama_info", "The Ollama version.",
+                                 labels=["version"])
+        info.add_metric([version[:MAX_LABEL]], 1)
+        yield info
+    expected = GaugeMetricFamily("vgpumon_ollama_gpus_expected",
+                                 "GPUs this host should have (ollama.expected_gpus).")
+    expected.add_metric([], published.config.ollama.expected_gpus)
+    yield expected
+    if ollama.gpus is not None:
+        gpus = GaugeMetricFamily("vgpumon_ollama_gpus",
+                                 "GPUs Ollama reported at its last discovery (0 = CPU only).")
+        gpus.add_metric([], len(ollama.gpus))
+        gpu_info = GaugeMetricFamily("vgpumon_ollama_gpu_info", "One per GPU Ollama reported.",
+                                     labels=["id", "library", "name"])
+        for gpu in ollama.gpus[:MAX_MODELS]:
+            gpu_info.add_metric([gpu.id[:MAX_LABEL], gpu.library[:MAX_LABEL],
+                                 gpu.name[:MAX_LABEL]], 1)
+        yield from (gpus, gpu_info)
+    if api is not None and api.up:
+        loaded = GaugeMetricFamily("vgpumon_ollama_models_loaded", "Models loaded (/api/ps).")
+        loaded.add_metric([], len(api.models))
+        yield loaded
+    yield from model_families(published)
+    errors = CounterMetricFamily("vgpumon_ollama_log_errors",
+                                 "Problems reported in the Ollama log, by kind.",
+                                 labels=["kind"])
+    for kind in LOG_ERROR_KINDS:
+        errors.add_metric([kind], published.counters.log_errors.get(kind, 0))
+    yield errors
+
+
+def model_families(published: Published) -> Iterator[Metric]:
+    ollama = published.state.ollama
+    size = GaugeMetricFamily("vgpumon_ollama_model_size_bytes", "Model size (/api/ps).",
+                             labels=["model"])
+    vram = GaugeMetricFamily("vgpumon_ollama_model_vram_bytes",
+                             "Model bytes in GPU memory (/api/ps; an estimate before 0.13).",
+                             labels=["model"])
+    layers = GaugeMetricFamily("vgpumon_ollama_model_layers",
+                               "The model's layers (offloaded N/M: M), from the log.",
+                               labels=["model"])
+    gpu_layers = GaugeMetricFamily("vgpumon_ollama_model_gpu_layers",
+                                   "The model's layers on a GPU (offloaded N/M: N), from the "
+                                   "log: the runner's report where there is one.",
+                                   labels=["model"])
+    estimated = GaugeMetricFamily("vgpumon_ollama_model_offload_estimated",
+                                  "1 when the GPU layers are only the server's estimate.",
+                                  labels=["model"])
+    api_models = {}
+    if ollama.api is not None and ollama.api.up:
+        api_models = {m.name[:MAX_LABEL]: m for m in ollama.api.models}
+    for label, blob in loaded_models(published).items():
+        model = api_models.get(label)
+        if model is not None:
+            size.add_metric([label], model.size)
+            if model.size_vram is not None:
+                vram.add_metric([label], model.size_vram)
+        offload = ollama.offload.get(blob) if blob else None
+        if offload is not None:
+            gpu_layers.add_metric([label], offload.gpu_layers)
+            estimated.add_metric([label], 1 if offload.estimate else 0)
+            if offload.total_layers is not None:
+                layers.add_metric([label], offload.total_layers)
+    yield from (size, vram, layers, gpu_layers, estimated)
 
 
 def self_families(published: Published) -> Iterator[Metric]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vgpumon import events as ev
 from vgpumon.events import Event
+from vgpumon.ollama.state import OllamaState
 from vgpumon.sources.libraries import LibraryFile, ProcessLibraries
 from vgpumon.sources.links import ShimLinkState
 from vgpumon.sources.processes import TrackedProcess
@@ -38,6 +39,7 @@ class HostState:
     links: tuple[ShimLinkState, ...] = ()
     library_files: tuple[LibraryFile, ...] = ()
     collectors: tuple[CollectorStatus, ...] = ()
+    ollama: OllamaState = field(default_factory=OllamaState)
 
     def in_group(self, group: str) -> tuple[ProcessState, ...]:
         return tuple(p for p in self.processes if p.process.group == group)

@@ -33,7 +33,7 @@ from vgpumon.ollama.gotrace import GoCrash, GoTraceReader
 from vgpumon.ollama.logline import LogRecord
 from vgpumon.ollama.manifests import blob_digest_from_model_arg
 
-GO_CRASH = "go_crash"
+GO_CRASH = ev.GO_CRASH
 
 # Every kind this module emits.
 KINDS = (

@@ -8,18 +8,16 @@ output or a syslog file, or ``journalctl -o json`` output. All three feed one
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
-from typing import Any
+from datetime import UTC, tzinfo
 
-from vgpumon import events as ev
 from vgpumon.events import Event
-from vgpumon.ollama.interpret import GO_CRASH, LogInterpreter
+from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.journal import JournalFormatError, looks_like_journal_json, parse_journal_json
 from vgpumon.ollama.logline import LogRecord, decode_line, parse_line, split_transport
+from vgpumon.timeline import format_timeline  # noqa: F401 - re-exported for callers
 
 PLAIN = "plain"
 SHORT = "short"
@@ -89,7 +87,7 @@ def replay(
     clock = 0.0
     for line in itertools.chain(head, source):
         stats.lines += 1
-        records = _records(line, stats.format, local_tz)
+        records = records_of_line(line, stats.format, local_tz)
         if records is None:
             stats.skipped += 1
             continue
@@ -110,7 +108,7 @@ def _time_of(record: LogRecord, clock: float) -> float:
     return record.transport_ts if record.transport_ts is not None else clock
 
 
-def _records(line: bytes | str, log_format: str, local_tz: tzinfo) -> list[LogRecord] | None:
+def records_of_line(line: bytes | str, log_format: str, local_tz: tzinfo) -> list[LogRecord] | None:
     """The records of one input line; None if the line is not part of the log."""
     if log_format == JSON:
         return _journal_records(line, local_tz)
@@ -137,67 +135,3 @@ def _journal_records(line: bytes | str, local_tz: tzinfo) -> list[LogRecord] | N
         )
         for part in parts
     ]
-
-
-# --- timeline for humans ----------------------------------------------------------------------
-
-_KEY_FIELDS: dict[str, tuple[str, ...]] = {
-    ev.OLLAMA_VERSION: ("version",),
-    ev.GPU_DISCOVERED: ("id", "library", "name", "description", "total_bytes", "available_bytes"),
-    ev.CPU_ONLY: ("variant", "message"),
-    ev.DISCOVERY_FAILED: ("error",),
-    ev.RUNNER_STARTED: ("model", "discovery", "port"),
-    ev.RUNNER_READY: ("model", "seconds"),
-    ev.OFFLOAD: ("model", "gpu_layers", "total_layers", "estimate"),
-    ev.RUNNER_EXITED: (
-        "model",
-        "reason",
-        "exit_code",
-        "signal",
-        "crash_signal",
-        "pc",
-        "repeat",
-        "message",
-    ),
-    GO_CRASH: ("model", "signal", "pc", "cgo", "message"),
-    ev.BACKEND_LOADED: ("name", "path"),
-    ev.BACKEND_LOAD_FAILED: ("path", "message"),
-}
-_PROBLEM_FIELDS = ("model", "message")
-_VALUE_LIMIT = 200
-_BARE = re.compile(r"[^\s\"=\\]{1,200}")
-
-
-def format_timeline(events: Iterable[Event]) -> Iterator[str]:
-    """One line per event: UTC time, kind, then its key fields as ``key=value``."""
-    for event in events:
-        names = _KEY_FIELDS.get(event.kind, _PROBLEM_FIELDS)
-        fields = " ".join(
-            f"{name}={_show(name, event.fields[name])}"
-            for name in names
-            if event.fields.get(name) is not None
-        )
-        yield f"{_iso(event.ts)}  {event.kind:<19} {fields}".rstrip()
-
-
-def _iso(ts: float) -> str:
-    try:
-        moment = datetime.fromtimestamp(ts, UTC)
-    except (OverflowError, OSError, ValueError):
-        return f"{ts:.3f}"
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _show(name: str, value: Any) -> str:
-    if name == "model" and isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
-        return value[:12]
-    if name == "pc" and isinstance(value, int):
-        return hex(value)
-    if name.endswith("_bytes") and isinstance(value, int):
-        return f"{value / 1024**3:.1f}GiB"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value)
-    if len(text) > _VALUE_LIMIT:
-        text = text[:_VALUE_LIMIT] + "…"
-    return text if _BARE.fullmatch(text) else json.dumps(text)

@@ -8,6 +8,7 @@ ready. The loop reads `latest`, an immutable `OllamaApiState`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -25,7 +26,7 @@ MAX_BODY = 4 << 20  # /api/ps of a busy server is a few KB; anything near this i
 READ_CHUNK = 65536
 
 
-class ApiUnavailable(Exception):  # noqa: N818 - a condition of Ollama, not of vgpumon
+class ApiUnavailable(Exception):
     """Ollama did not answer in time, refused, or answered with an HTTP error."""
 
 
@@ -116,11 +117,9 @@ class OllamaApiPoller:
 
     def take(self) -> OllamaApiState | None:
         """Clear the wake-up and return the latest result."""
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 512):
                 pass
-        except BlockingIOError:
-            pass
         return self.latest
 
     def poll_now(self) -> None:
@@ -141,10 +140,8 @@ class OllamaApiPoller:
             if previous is None or previous.up != state.up:
                 log.info("ollama api url=%s up=%s error=%r", self.url, state.up, state.error)
             self.latest = state
-            try:
+            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
                 os.write(self._wake_write, b"!")
-            except BlockingIOError:
-                pass  # the loop has a wake-up pending already
             self._poke.wait(self.interval)
             self._poke.clear()
 
