@@ -268,7 +268,7 @@ class SimServer:
 
     def crash_runner(self, model: str, mode: str = "sigsegv", library: str | None = None, *,
                      cgroup: bool = True, memory_limit: int = 96 << 20,
-                     timeout: float = 30) -> SimRunner:
+                     thread: str = "main", timeout: float = 30) -> SimRunner:
         """Make the runner of `model` die (see CRASH_MODES); returns it once reaped.
 
         sigsegv  write through NULL in `library` (default: the era's ggml-cuda library)
@@ -280,6 +280,9 @@ class SimServer:
                  a memory cgroup limited to `memory_limit`, so the kernel OOM killer kills
                  it (cgroup=False leaves it to the global OOM killer: careful)
         unload   the server SIGKILLs it, as Ollama does on unload
+
+        The fault happens on the runner's main thread (the kernel's segfault record then
+        names the runner's PID); thread="worker" uses an HTTP worker thread (a TID).
         """
         if mode == "unload":
             return self.unload(model)
@@ -302,7 +305,7 @@ class SimServer:
             self.cgroups.append(cg)
             cg.add(runner.pid)
         rec = self._sim("crash", {"model": model, "mode": mode, "library": library,
-                                  "timeout": timeout}, timeout=timeout + 10)
+                                  "thread": thread, "timeout": timeout}, timeout=timeout + 10)
         runner.record = rec
         return runner.refresh() if runner.alive else runner
 
@@ -363,7 +366,7 @@ class SimHost:
         e = Era.get(era, version)
         root = Path(base).resolve() / name
         root.mkdir(parents=True, exist_ok=False)
-        toolchain = build.build(tree.lib_specs(e))
+        toolchain = build.build(tree.lib_specs())
         tree.install(root, e, toolchain, shim_links)
         host = cls(root, e, _free_port(), shim_links)
         for d in (host.models_dir, host.root / "tmp", host.log_file.parent):

@@ -30,8 +30,10 @@ from .simproc import (
     load_library,
     loader_failure,
     mapped_library,
+    on_main_thread,
     read_json,
     segfault_in,
+    serve_main_thread,
 )
 
 CUDA_ARCHS = "500,600,610,700,750,800,860,870,890,900,1000,1200"
@@ -280,7 +282,7 @@ class Runner:
         self.listening()
         if self.model is not None and not self.era.uses_load_requests:
             threading.Thread(target=self.load_model, daemon=True).start()
-        threading.Event().wait()
+        serve_main_thread()
 
     def intro(self) -> None:
         """What the runner prints before it listens."""
@@ -529,6 +531,9 @@ class RunnerHandler(BaseHTTPRequestHandler):
                     os.path.basename(library)):
                 return self._reply(409, {"error": f"{library} is not mapped"})
             self._reply(202, {"pid": os.getpid(), "mode": mode})
+            thread = body.get("thread", "main")
+            if thread == "main":
+                return on_main_thread(lambda: crash(mode, library, r.era, r.engine))
             return crash(mode, library, r.era, r.engine)
         return self._reply(404, {"error": "not found"})
 

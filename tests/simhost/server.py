@@ -29,7 +29,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from . import logfmt, models
 from .eras import LIB_OLLAMA, Era
 from .logfmt import Attrs, human_bytes
-from .simproc import HostConfig, emit, read_json, write_json
+from .simproc import (
+    HostConfig,
+    emit,
+    on_main_thread,
+    read_json,
+    serve_main_thread,
+    write_json,
+)
 
 # Source positions for the server's records: real file names, plausible lines.
 SRC = {
@@ -214,8 +221,7 @@ class OllamaServer:
         threading.Thread(target=self._expiry_loop, daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
-        while not self.stop_event.wait(0.2):
-            pass
+        serve_main_thread(self.stop_event)
         self.shutdown()
         return 0
 
@@ -259,8 +265,9 @@ class OllamaServer:
 
     # -- GPU discovery -----------------------------------------------------------------------
 
-    def discover(self) -> None:
-        """The era's GPU discovery at start (and on /_sim/probe): log lines, dlopens, probes."""
+    def discover(self, probes: bool | None = None) -> None:
+        """The era's GPU discovery at start (and on /_sim/discover): log lines, dlopens,
+        probes (unless the server was started without them and `probes` is not True)."""
         e = self.era
         if e.name == "A":
             return
@@ -277,7 +284,7 @@ class OllamaServer:
             return
         if e.uses_probes:
             self.log("INFO", "discover", "discovering available GPUs...")
-            if self.opts.get("probes", True):
+            if probes if probes is not None else self.opts.get("probes", True):
                 self.run_probes()
         else:
             self.log("INFO", "gpus", "looking for compatible GPUs")
@@ -312,10 +319,12 @@ class OllamaServer:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            if hasattr(lib, "cuInit"):
+            if pattern.startswith("libcuda"):
                 lib.cuInit(0)
                 n = ctypes.c_int(0)
                 lib.cuDeviceGetCount(ctypes.byref(n))
+            else:
+                lib.nvmlInit_v2()
             hold = float(self.opts.get("discovery_hold", 0))
             if not keep:
                 if hold:
@@ -1063,7 +1072,7 @@ class Handler(BaseHTTPRequestHandler):
             app.fault = {} if mode == "none" else {**body, "remaining": body.get("count")}
             return self._reply(200, {"ok": True})
         if path == "/_sim/discover":
-            app.discover()
+            app.discover(probes=body.get("probes", True))
             return self._reply(200, {"ok": True})
         if path == "/_sim/stop":
             self._reply(200, {"ok": True})
@@ -1098,7 +1107,8 @@ class Handler(BaseHTTPRequestHandler):
         if child.kind == "in-process":
             from . import runner as runner_mod
             self._reply(202, {"pid": child.pid})
-            runner_mod.crash(body["mode"], body.get("library") or app.era.ggml_cuda, app.era)
+            library = body.get("library") or app.era.ggml_cuda
+            on_main_thread(lambda: runner_mod.crash(body["mode"], library, app.era))
             return None
         try:
             _http_json(f"http://127.0.0.1:{child.port}/_sim/crash", body, timeout=5)

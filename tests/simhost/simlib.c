@@ -14,9 +14,10 @@
  *   CUDA/NVML-looking entry points that Ollama's discovery requires (cuInit, cuDeviceGetCount,
  *   ...). They report one device and succeed.
  *
- * Shim behaviour: a copy whose file name starts with "libvgpu-" forwards like a real vGPU
- * shim does: its cuInit() dlopen()s the real driver (the first regular file libcuda.so.X.Y...
- * in the shim's own directory), so a process using the shim maps both, as on real hosts.
+ * Shim behaviour: libvgpu-cuda.so and libvgpu-nvml.so forward like real vGPU shims do: their
+ * cuInit() / nvmlInit_v2() dlopen() the real library (the first regular file libcuda.so.X.Y /
+ * libnvidia-ml.so.X.Y in the shim's own directory), so a process using the shim maps both,
+ * as on real hosts.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -27,7 +28,7 @@
 #include <string.h>
 
 static int *volatile simlib_null; /* always NULL; volatile so the store below stays a store */
-static void *forwarded_driver;
+static void *forwarded;
 
 __attribute__((noinline)) void simlib_crash(void) { *simlib_null = 0x5e6f; }
 
@@ -44,46 +45,44 @@ static const char *own_path(void) {
 
 const char *simlib_path(void) { return own_path(); }
 
-static int is_shim(const char *real) {
-    const char *base = strrchr(real, '/');
-    base = base ? base + 1 : real;
-    return strncmp(base, "libvgpu-", 8) == 0;
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
 }
 
-/* The real driver next to the shim: libcuda.so.<major>.<minor>..., a regular file. */
-static void forward_to_driver(void) {
+/* A shim copy (libvgpu-<shim>.so) forwards to the real library next to it: the first regular
+ * file named <real_prefix><major>.<minor>... in the shim's own (resolved) directory. */
+static void forward_to_real(const char *shim, const char *real_prefix) {
     char real[PATH_MAX], dir[PATH_MAX], cand[PATH_MAX * 2];
-    if (forwarded_driver || !realpath(own_path(), real) || !is_shim(real))
+    size_t n = strlen(real_prefix);
+    if (forwarded || !realpath(own_path(), real) || strcmp(base_name(real), shim) != 0)
         return;
     snprintf(dir, sizeof dir, "%s", real);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        return;
-    *slash = '\0';
+    *strrchr(dir, '/') = '\0';
     DIR *d = opendir(dir);
     if (!d)
         return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_type != DT_REG || strncmp(e->d_name, "libcuda.so.", 11) != 0 ||
-            !strchr(e->d_name + 11, '.'))
+        if (e->d_type != DT_REG || strncmp(e->d_name, real_prefix, n) != 0 ||
+            !strchr(e->d_name + n, '.'))
             continue;
         snprintf(cand, sizeof cand, "%s/%s", dir, e->d_name);
-        forwarded_driver = dlopen(cand, RTLD_NOW | RTLD_LOCAL);
+        forwarded = dlopen(cand, RTLD_NOW | RTLD_LOCAL);
         break;
     }
     closedir(d);
 }
 
 __attribute__((destructor)) static void simlib_fini(void) {
-    if (forwarded_driver)
-        dlclose(forwarded_driver);
+    if (forwarded)
+        dlclose(forwarded);
 }
 
 /* CUDA driver API, the symbols Ollama's discovery requires. CUresult 0 = CUDA_SUCCESS. */
 int cuInit(unsigned int flags) {
     (void)flags;
-    forward_to_driver();
+    forward_to_real("libvgpu-cuda.so", "libcuda.so.");
     return 0;
 }
 int cuDriverGetVersion(int *v) { *v = 12080; return 0; }
@@ -102,7 +101,7 @@ int cuDeviceGetName(char *name, int len, int dev) {
 }
 int cuCtxCreate_v3(void **ctx, void *params, int n, unsigned int flags, int dev) {
     (void)params; (void)n; (void)flags; (void)dev;
-    *ctx = (void *)&forwarded_driver;
+    *ctx = (void *)&forwarded;
     return 0;
 }
 int cuMemGetInfo_v2(size_t *free_b, size_t *total_b) {
@@ -115,5 +114,8 @@ int cuCtxDestroy(void *ctx) { (void)ctx; return 0; }
 /* CUDA runtime and NVML, enough for a process to call something in them. */
 int cudaGetDeviceCount(int *n) { *n = 1; return 0; }
 int cudaRuntimeGetVersion(int *v) { *v = 12080; return 0; }
-int nvmlInit_v2(void) { return 0; }
+int nvmlInit_v2(void) {
+    forward_to_real("libvgpu-nvml.so", "libnvidia-ml.so.");
+    return 0;
+}
 int nvmlShutdown(void) { return 0; }

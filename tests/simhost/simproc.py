@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import random
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 HOST_JSON = ".simhost/host.json"
@@ -203,3 +205,22 @@ def die_by(signum: int) -> None:
     """Die by `signum` with its default action, whatever handler Python installed."""
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+# Crashes run on the main thread, so the kernel's segfault record names the process's PID
+# (it names the faulting thread) and the process dies the way a single fault kills it.
+_main_thread_work: queue.Queue[Callable[[], None]] = queue.Queue()
+
+
+def on_main_thread(work: Callable[[], None]) -> None:
+    _main_thread_work.put(work)
+
+
+def serve_main_thread(stop: threading.Event | None = None) -> None:
+    """Run work handed over with on_main_thread() until `stop` is set (forever if None)."""
+    while stop is None or not stop.is_set():
+        try:
+            work = _main_thread_work.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        work()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .build import LibSpec, Toolchain
-from .eras import BIN, DRIVER_VERSION, LIB64, LIB_OLLAMA, Era
+from .eras import BIN, DEFAULT_VERSIONS, DRIVER_VERSION, LIB64, LIB_OLLAMA, Era
 
 SHIMS = ("libvgpu-exec.so", "libvgpu-cuda.so", "libvgpu-nvml.so", "libvgpu-cudart.so")
 REAL_DRIVER = f"{LIB64}/libcuda.so.{DRIVER_VERSION}"
@@ -128,8 +128,10 @@ def entries(era: Era, shim_links: bool = True) -> list[Entry]:
     return out
 
 
-def lib_specs(era: Era) -> list[LibSpec]:
-    return [e.spec for e in entries(era, True) + entries(era, False) if isinstance(e, Lib)]
+def lib_specs() -> list[LibSpec]:
+    """Every simlib build any era's tree needs (one build serves all eras)."""
+    return [e.spec for name in DEFAULT_VERSIONS for links in (True, False)
+            for e in entries(Era.get(name), links) if isinstance(e, Lib)]
 
 
 def install(root: Path, era: Era, toolchain: Toolchain, shim_links: bool = True) -> list[Entry]:
