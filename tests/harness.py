@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,3 +122,70 @@ class Vgpumon:
 
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
+
+
+def host_config(host: Any, **overrides: Any) -> dict[str, Any]:
+    """`host.vgpumon_config()` with every group narrowed to this simulated host's processes,
+    so that other simulated hosts running on the same machine are not counted."""
+    config = host.vgpumon_config(**overrides)
+    root = re.escape(str(host.root))
+    for group in config["groups"].values():
+        group["cmdline"] = f"^{root}/.*?(?:{group['cmdline']})"
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write a config file; key order matters (groups: first match wins), so never sort."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+NOBODY = 65534
+
+
+def world_executable(path: str) -> bool:
+    """Whether a user with no relation to the file's owner may execute `path`."""
+    real = os.path.realpath(path)
+    parts = real.split("/")
+    for depth in range(1, len(parts)):
+        directory = "/".join(parts[:depth]) or "/"
+        if not os.stat(directory).st_mode & 0o001:
+            return False
+    return bool(os.stat(real).st_mode & 0o001)
+
+
+def unprivileged_command(workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """A command prefix and environment that run vgpumon as user nobody.
+
+    The test interpreter may live under /root (pyenv), out of nobody's reach: then the
+    system's python3 runs a copy of vgpumon and its dependencies from `workdir`.
+    """
+    import importlib
+
+    site = workdir / "site"
+    site.mkdir(exist_ok=True)
+    for name in ("vgpumon", "psutil", "prometheus_client", "yaml", "inotify_simple"):
+        module = importlib.import_module(name)
+        source = Path(module.__file__)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, site / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, site / source.name)
+    for path in [workdir, *workdir.parents]:
+        if path == Path("/"):
+            break
+        os.chmod(path, os.stat(path).st_mode | 0o005)
+    for root, dirs, files in os.walk(site):
+        for name in dirs + files:
+            target = os.path.join(root, name)
+            os.chmod(target, os.stat(target).st_mode | 0o005)
+    python = sys.executable if world_executable(sys.executable) else "/usr/bin/python3"
+    return [python, "-m", "vgpumon"], {"PYTHONPATH": str(site), "PATH": os.environ["PATH"]}
+
+
+def as_nobody() -> None:
+    """preexec_fn: become nobody (no supplementary groups, no capabilities)."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)

@@ -68,6 +68,7 @@ class Daemon:
         self._classifier_wakeup: float | None = None
         self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
+        self._failed_handlers: set[str] = set()
         self.server: ExporterServer | None = None
 
     # -- set-up ----------------------------------------------------------------------------
@@ -160,9 +161,10 @@ class Daemon:
             deadline = min(deadline, time.monotonic() + ping_in)
         for key, _mask in self._selector.select(max(0.0, deadline - time.monotonic())):
             handler: Handler = key.data
-            handler(time.time())
+            self._guarded(handler, time.time())
         while self._timers and self._timers[0][0] <= time.monotonic():
-            heapq.heappop(self._timers)[2]()
+            action = heapq.heappop(self._timers)[2]
+            self._guarded(lambda _now, action=action: action(), time.time())
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
@@ -173,6 +175,16 @@ class Daemon:
         if self.watchdog.due(time.monotonic()):
             # Sent from the loop itself: a wedged loop stops pinging and systemd restarts it.
             self.watchdog.kick(time.monotonic())
+
+    def _guarded(self, handler: Handler, now: float) -> None:
+        """Run one event handler; a bug in one source must not stop the daemon."""
+        try:
+            handler(now)
+        except Exception:
+            name = getattr(handler, "__qualname__", repr(handler))
+            if name not in self._failed_handlers:
+                log.exception("event handler failed handler=%s (logged once)", name)
+                self._failed_handlers.add(name)
 
     def refresh_now(self) -> None:
         """The full refresh (timer, or after events were lost)."""

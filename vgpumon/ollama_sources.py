@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 
 from vgpumon import events as ev
 from vgpumon.daemon import Daemon
@@ -25,6 +26,8 @@ from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 
 log = logging.getLogger(__name__)
 
+# Ollama's Go-log era writes local time without a zone: read it in this host's zone.
+LOCAL_TIMEZONE = datetime.now().astimezone().tzinfo or UTC
 MANIFEST_RESCAN_SECONDS = 60.0  # periodic re-read of the manifests
 MANIFEST_RESCAN_MIN_GAP = 5.0  # when a model vgpumon cannot name shows up
 
@@ -111,7 +114,7 @@ class OllamaSources:
         self.daemon.record(events, now)
 
     def _interpret(self, line: bytes, now: float) -> list[Event]:
-        records = records_of_line(line, self._follower.format)
+        records = records_of_line(line, self._follower.format, LOCAL_TIMEZONE)
         events: list[Event] = []
         for record in records or ():
             events += self._interpreter.feed(record, self._time_of(record, now))
@@ -140,7 +143,7 @@ class OllamaSources:
             return
         fed = 0
         for line in self._follower.catch_up(server.start_time):
-            for record in records_of_line(line, self._follower.format) or ():
+            for record in records_of_line(line, self._follower.format, LOCAL_TIMEZONE) or ():
                 self.facts.apply(self._interpreter.feed(record, self._time_of(record, now)))
                 fed += 1
         self.facts.apply(self._interpreter.flush(now))
