@@ -65,7 +65,7 @@ class Daemon:
         self._reload_requested = False
         self._next_refresh = 0.0
         self._refresh_hooks: list[Callable[[float], None]] = []
-        self._classifier_wakeup: float | None = None
+        self._wakeup_at: float | None = None
         self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
         self._failed_handlers: set[str] = set()
@@ -246,14 +246,18 @@ class Daemon:
                            None if ok else "event log writes fail (see the log)")
 
     def _wake_for_classifier(self, now: float) -> None:
-        deadline = self.classifier.next_deadline()
-        if deadline is None or (self._classifier_wakeup is not None
-                                and self._classifier_wakeup <= deadline):
+        """Come back when an exit's grace period or a crash-loop window ends."""
+        deadlines = [d for d in (self.classifier.next_deadline(), self.tracker.next_change())
+                     if d is not None]
+        if not deadlines:
             return
-        self._classifier_wakeup = deadline
+        deadline = min(deadlines)
+        if self._wakeup_at is not None and self._wakeup_at <= deadline:
+            return
+        self._wakeup_at = deadline
 
         def settle() -> None:
-            self._classifier_wakeup = None
+            self._wakeup_at = None
             self.record((), time.time())
 
         self.call_later(max(0.0, deadline - now) + 0.001, settle)

@@ -82,6 +82,12 @@ class Tracker:
             self._events[event.kind] += 1
         return ended
 
+    def next_change(self) -> float | None:
+        """When the oldest crash of a looping group leaves its window (a loop may end then)."""
+        ends = [times[0] + self._spec.window for group, times in self._crash_times.items()
+                if self._looping.get(group) and times]
+        return min(ends, default=None)
+
     def counters(self, now: float) -> Counters:
         window_start = now - self._spec.window
         return Counters(

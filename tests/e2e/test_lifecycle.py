@@ -1,0 +1,190 @@
+"""Issue 3 end to end: exits, crash loops, link swaps and late library loads are seen through
+the event sources. The refresh interval is 60 s, so only the event paths can pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Vgpumon, host_config
+
+MODEL = "llama3.2:latest"
+
+
+@pytest.fixture
+def host(simhost):
+    host = simhost(era="F")
+    host.add_model(MODEL)
+    return host
+
+
+def start(host, tmp_path, **overrides) -> Vgpumon:
+    config = host_config(host, interval="60s", **overrides)
+    return Vgpumon(config, tmp_path)
+
+
+def exited(daemon: Vgpumon, pid: int) -> dict:
+    return daemon.wait_event("process_exited", match=lambda e: e["pid"] == pid)
+
+
+def test_runner_segfault_in_the_shim_is_a_crash_attributed_to_the_shim(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        server.crash_runner(MODEL, mode="sigsegv", library="libvgpu-cuda.so")
+        event = exited(daemon, runner.pid)
+        assert event["reason"] == "crash" and event["signal"] == "SIGSEGV"
+        assert event["library"] == "libvgpu-cuda.so"
+        assert event["source"] == "proc_connector"
+        daemon.wait_value("vgpumon_process_crashes_total", 1, group="runner")
+        assert daemon.value("vgpumon_process_exits_total", group="runner", reason="crash") == 1
+        assert daemon.value("vgpumon_process_last_crash_timestamp_seconds",
+                            group="runner") == pytest.approx(event["ts"])
+    finally:
+        daemon.stop()
+
+
+def test_go_runner_crash_is_exit_2_refined_by_the_trace_in_the_log(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="go_crash", library="libggml-cuda.so")
+        event = exited(daemon, runner.pid)
+        assert (event["reason"], event["exit_code"]) == ("crash", 2)
+        assert event["crash_signal"] == "SIGSEGV"
+        assert event["library"] == "libggml-cuda.so"  # the trace's PC, in the cached maps
+    finally:
+        daemon.stop()
+
+
+def test_exit_2_without_a_trace_is_an_error(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="exit:2")
+        event = exited(daemon, runner.pid)
+        assert (event["reason"], event["exit_code"]) == ("error", 2)
+        daemon.wait_value("vgpumon_process_crashes_total", 1, group="runner")
+    finally:
+        daemon.stop()
+
+
+def test_unload_sigkill_is_stopped_and_not_a_crash(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.unload(MODEL)
+        event = exited(daemon, runner.pid)
+        assert (event["reason"], event["signal"]) == ("stopped", "SIGKILL")
+        daemon.wait_value("vgpumon_process_exits_total", 1, group="runner", reason="stopped")
+        assert daemon.value("vgpumon_process_crashes_total", group="runner") == 0
+    finally:
+        daemon.stop()
+
+
+def test_clean_exit(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="exit:0")
+        assert exited(daemon, runner.pid)["reason"] == "clean"
+    finally:
+        daemon.stop()
+
+
+def test_real_oom_kill_is_oom(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="oom", memory_limit=64 << 20)
+        event = exited(daemon, runner.pid)
+        assert (event["reason"], event["signal"]) == ("oom", "SIGKILL")
+        daemon.wait_value("vgpumon_process_exits_total", 1, group="runner", reason="oom")
+    finally:
+        daemon.stop()
+
+
+def test_three_crashes_make_a_crash_loop_that_ends_after_the_window(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path, crash_loop={"crashes": 3, "window": "4s"})
+    try:
+        for _ in range(3):
+            runner = server.load_model(MODEL)
+            server.crash_runner(MODEL, mode="kill_segv")
+            exited(daemon, runner.pid)
+        started = daemon.wait_event("crash_loop_started")
+        assert started["group"] == "runner" and started["crashes"] == 3
+        daemon.wait_value("vgpumon_crash_loop", 1, group="runner")
+        daemon.wait_value("vgpumon_crash_loop", 0, group="runner", timeout=15)
+        assert daemon.wait_event("crash_loop_ended")["group"] == "runner"
+    finally:
+        daemon.stop()
+
+
+def test_link_swap_is_seen_at_once(host, tmp_path):
+    daemon = start(host, tmp_path)
+    link = host.lib64 / "libcuda.so.1"
+    try:
+        assert daemon.value("vgpumon_shim_link_state", path=str(link), state="ok") == 1
+        host.set_link(link, host.real_driver)  # ln -sf
+        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="wrong_target")
+        event = daemon.wait_event("shim_link_changed")
+        assert event["path"] == str(link)
+        assert (event["old_target"], event["new_target"]) == ("libvgpu-cuda.so",
+                                                              str(host.real_driver))
+        assert daemon.value("vgpumon_shim_link_changes_total", path=str(link)) == 1
+        host.set_link(link, "libvgpu-cuda.so")
+        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="ok")
+        daemon.wait_value("vgpumon_shim_link_changes_total", 2, path=str(link))
+    finally:
+        daemon.stop()
+
+
+def test_library_loaded_after_start_is_seen_before_the_interval(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL, scenario="late_load", delay=1.0)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        assert daemon.value("vgpumon_processes_with_library", group="runner",
+                            library="ggml-cuda") == 0
+        daemon.wait_value("vgpumon_processes_with_library", 1, group="runner",
+                          library="ggml-cuda")
+        loaded = daemon.wait_event("library_loaded", match=lambda e: e["pid"] == runner.pid
+                                   and e["library"] == "ggml-cuda")
+        assert loaded["path"] == str(host.ggml_cuda)
+    finally:
+        daemon.stop()
+
+
+def test_server_restart_is_a_new_start_of_the_server_group(host, tmp_path):
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        old = server.pid
+        server.stop()
+        exited(daemon, old)
+        new = host.start_server()
+        started = daemon.wait_event("process_started", match=lambda e: e["pid"] == new.pid)
+        assert started["group"] == "server"
+        daemon.wait_value("vgpumon_process_window_starts", 1, group="server")
+    finally:
+        daemon.stop()
+
+
+def test_events_are_written_to_the_event_log(host, tmp_path):
+    daemon = start(host, tmp_path)
+    events_file = host.root / "var/lib/vgpumon/events.jsonl"
+    try:
+        host.set_link(host.lib64 / "libcuda.so.1", host.real_driver)
+        daemon.wait_event("shim_link_changed")
+    finally:
+        daemon.stop()
+    lines = events_file.read_text().splitlines()
+    assert any('"kind":"shim_link_changed"' in line for line in lines)

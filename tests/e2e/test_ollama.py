@@ -1,0 +1,202 @@
+"""Issue 4 end to end: GPUs, per-model offload, CPU fallback and crashes from the simulated
+host's API and log, for each era; replay of the same log; a hung or broken API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.harness import REPO, Vgpumon, host_config, wait_for
+
+MODEL = "llama3.2:latest"
+LAYERS = 29
+ERAS = ["C", "D1", "E", "F", "G"]
+
+
+def start(host, tmp_path, **overrides) -> Vgpumon:
+    return Vgpumon(host_config(host, interval="60s", **overrides), tmp_path)
+
+
+@pytest.fixture(params=ERAS)
+def era_host(request, simhost):
+    host = simhost(era=request.param)
+    host.add_model(MODEL, layers=LAYERS)
+    return host
+
+
+def model_metrics(daemon: Vgpumon) -> tuple[float | None, float | None]:
+    return (daemon.value("vgpumon_ollama_model_gpu_layers", model=MODEL),
+            daemon.value("vgpumon_ollama_model_layers", model=MODEL))
+
+
+def test_full_offload(era_host, tmp_path):
+    host = era_host
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="full_offload")
+        wait_for(lambda: model_metrics(daemon) == (LAYERS, LAYERS),
+                 message="29/29 layers on the GPU")
+        daemon.wait_value("vgpumon_ollama_gpus", 1)
+        assert daemon.value("vgpumon_ollama_up") == 1
+        daemon.wait_value("vgpumon_ollama_models_loaded", 1)
+        assert daemon.value("vgpumon_ollama_model_offload_estimated", model=MODEL) == 0
+        assert daemon.value("vgpumon_ollama_model_size_bytes", model=MODEL) > 0
+        assert daemon.value("vgpumon_ollama_info", version=host.era.version) == 1
+    finally:
+        daemon.stop()
+
+
+def test_partial_offload(era_host, tmp_path):
+    host = era_host
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="partial_offload", gpu_layers=10)
+        wait_for(lambda: model_metrics(daemon) == (10, LAYERS), message="10/29 layers")
+    finally:
+        daemon.stop()
+
+
+def test_cpu_fallback_no_gpu_found(era_host, tmp_path):
+    host = era_host
+    server = host.start_server(gpus=0)
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="cpu_fallback")
+        daemon.wait_value("vgpumon_ollama_gpus", 0)
+        wait_for(lambda: model_metrics(daemon)[0] == 0, message="0 layers on the GPU")
+        assert daemon.value("vgpumon_ollama_gpus_expected") == 1
+    finally:
+        daemon.stop()
+
+
+def test_go_runner_crash_counts_as_a_crash(simhost, tmp_path):
+    host = simhost(era="F")
+    host.add_model(MODEL)
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="go_crash")
+        event = daemon.wait_event("process_exited", match=lambda e: e["pid"] == runner.pid)
+        assert event["reason"] == "crash"
+        assert daemon.wait_event("go_crash")["signal"] == "SIGSEGV"
+        logged = daemon.wait_event("runner_exited")
+        assert logged["reason"] == "crash"
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("era", ["C", "G"])
+def test_cxx_runner_crash_is_a_signal_crash(simhost, tmp_path, era):
+    host = simhost(era=era)
+    host.add_model(MODEL)
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        server.crash_runner(MODEL, mode="sigsegv")
+        event = daemon.wait_event("process_exited", match=lambda e: e["pid"] == runner.pid)
+        assert (event["reason"], event["signal"]) == ("crash", "SIGSEGV")
+    finally:
+        daemon.stop()
+
+
+def test_cuda_init_failure_is_counted(simhost, tmp_path):
+    host = simhost(era="F")
+    host.add_model(MODEL)
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="cuda_init_failure")
+        daemon.wait_value("vgpumon_ollama_log_errors_total", 1, kind="cuda_init_failed")
+        assert "failed to initialize CUDA" in daemon.wait_event("cuda_init_failed")["message"]
+    finally:
+        daemon.stop()
+
+
+def test_out_of_memory_is_counted(simhost, tmp_path):
+    host = simhost(era="F")
+    host.add_model(MODEL)
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="oom")
+        daemon.wait_value("vgpumon_ollama_log_errors_total", 1, kind="out_of_memory")
+    finally:
+        daemon.stop()
+
+
+def test_replay_prints_the_events_the_daemon_saw(simhost, tmp_path):
+    host = simhost(era="F")
+    host.add_model(MODEL)
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        server.load_model(MODEL, scenario="partial_offload", gpu_layers=10)
+        server.crash_runner(MODEL, mode="go_crash")
+        daemon.wait_event("runner_exited")
+        live = [e for e in daemon.events() if e["kind"] in
+                ("ollama_version", "gpu_discovered", "runner_started", "offload",
+                 "runner_exited", "go_crash")]
+    finally:
+        daemon.stop()
+    result = subprocess.run([sys.executable, "-m", "vgpumon", "replay", "--json",
+                             str(host.log_file)], capture_output=True, text=True, timeout=60,
+                            env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    replayed = [json.loads(line) for line in result.stdout.splitlines()]
+    # The daemon starts at the end of the log: it saw the events after its start.
+    later = [(e["kind"], e.get("gpu_layers"), e.get("reason")) for e in live]
+    tail = [(e["kind"], e.get("gpu_layers"), e.get("reason")) for e in replayed
+            if e["kind"] in {kind for kind, _, _ in later}][-len(later):]
+    assert later and tail == later
+    for fmt in ("short", "json"):
+        journal = tmp_path / f"journal.{fmt}"
+        journal.write_text(host.journal(fmt))
+        again = subprocess.run([sys.executable, "-m", "vgpumon", "replay", "--json",
+                                str(journal)], capture_output=True, text=True, timeout=60,
+                               env={"PYTHONPATH": str(REPO)})
+        kinds = [json.loads(line)["kind"] for line in again.stdout.splitlines()]
+        assert kinds.count("offload") == [e["kind"] for e in replayed].count("offload"), fmt
+
+
+def test_hung_api_never_stalls_metrics(simhost, tmp_path):
+    host = simhost(era="F")
+    server = host.start_server()
+    daemon = start(host, tmp_path, interval="1s", ollama={"timeout": "500ms"})
+    try:
+        daemon.wait_value("vgpumon_ollama_up", 1)
+        server.fault("hang", seconds=30)
+        daemon.wait_value("vgpumon_ollama_up", 0, timeout=10)
+        started = time.monotonic()
+        for _ in range(5):
+            daemon.get("/metrics", timeout=2)
+        assert time.monotonic() - started < 5  # generous: a stalled loop would take 30 s
+        server.clear_fault()
+        daemon.wait_value("vgpumon_ollama_up", 1, timeout=40)
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("fault", ["garbage", "huge", "error"])
+def test_broken_api_answers(simhost, tmp_path, fault):
+    host = simhost(era="F")
+    server = host.start_server()
+    daemon = start(host, tmp_path, interval="1s")
+    try:
+        daemon.wait_value("vgpumon_ollama_up", 1)
+        server.fault(fault, paths=["/api/ps"])
+        daemon.wait_value("vgpumon_ollama_up", 0)
+        expected = 1 if fault == "error" else 0  # an HTTP 500 is Ollama's problem, not ours
+        daemon.wait_value("vgpumon_collector_success", expected, collector="ollama_api")
+        server.clear_fault()
+        daemon.wait_value("vgpumon_ollama_up", 1)
+        daemon.wait_value("vgpumon_collector_success", 1, collector="ollama_api")
+    finally:
+        daemon.stop()
