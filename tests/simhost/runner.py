@@ -249,8 +249,8 @@ class Runner:
                 emit(f"load_backend: loaded CUDA backend from {cuda}")
             load_library(cpu)
             emit(f"load_backend: loaded CPU backend from {cpu}")
-            if e.name == "F" and self.cuda_works:
-                load_library("libnvidia-ml.so.1")
+            if e.name == "F" and self.cuda_works:  # free VRAM is read through NVML first
+                load_library("libnvidia-ml.so.1").nvmlInit_v2()
         elif self.cuda_works:
             self._cuda_init()
 
@@ -542,7 +542,7 @@ def gpu_discover(host: HostConfig) -> None:
     """`ollama gpu-discover --lib-dir DIR` (era G): load the driver and NVML, print, exit."""
     try:
         cuda = load_library("libcuda.so.1")
-        load_library("libnvidia-ml.so.1")
+        load_library("libnvidia-ml.so.1").nvmlInit_v2()
     except OSError as err:
         emit(json.dumps({"error": str(err)}), fd=1)
         os._exit(1)

@@ -51,6 +51,9 @@ SRC = {
     "dyn": "dyn_ext_server.go:90", "llamago": "llama.go:436",
 }
 
+SRC_A = {"listen": "routes.go:895", "wait": "llama.go:494", "started": "llama.go:508",
+         "error": "llama.go:517"}
+
 ERROR_PREFIXES = [  # llm/status.go; (first version, prefix)
     ("0.1.32", "error:"), ("0.1.32", "CUDA error"), ("0.1.32", "cudaMalloc failed"),
     ("0.1.32", '"ERR"'), ("0.2.0", "error loading model"), ("0.3.5", "GGML_ASSERT"),
@@ -75,6 +78,8 @@ class Logger:
         if not self.enabled(level):
             return
         t, source = logfmt.now(), SRC.get(key, key)
+        if self.era.name == "A":
+            source = SRC_A.get(key, source)
         if not self.era.at_least("0.1.21"):
             text = logfmt.golog_line(t, source, msg)
             if attrs:
@@ -179,7 +184,8 @@ class OllamaServer:
         self.era = Era.get(host.era, host.version)
         self.argv = argv
         self.opts: dict = read_json(host.state("server.json"), {})  # type: ignore[assignment]
-        self.gpus = host.gpus[: int(self.opts.get("gpus", len(host.gpus)))]
+        wanted = self.opts.get("gpus")
+        self.gpus = host.gpus if wanted is None else host.gpus[: int(wanted)]
         self.log = Logger(self.era, os.environ.get("OLLAMA_DEBUG", ""))
         self.lock = threading.RLock()
         self.children: list[Child] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -557,6 +558,35 @@ def test_journal_renderings(era_host):
     assert entries[0]["_PID"] == str(server.pid)
     assert entries[0]["MESSAGE"] == plain[0]
     assert all(isinstance(e["__REALTIME_TIMESTAMP"], str) for e in entries)
+
+
+def test_vgpumon_config_points_into_the_host(era_host):
+    host, server, _ = era_host
+    cfg = host.vgpumon_config(listen="127.0.0.1:1", interval="1s", ollama={"timeout": "1s"})
+    assert cfg["listen"] == "127.0.0.1:1" and cfg["interval"] == "1s"
+    assert cfg["ollama"]["timeout"] == "1s" and cfg["ollama"]["url"] == server.url
+    assert cfg["ollama"]["log"] == {"file": str(host.log_file)}
+    for lib in cfg["libraries"].values():
+        assert "path" not in lib or os.path.isfile(lib["path"])
+    assert cfg["links"], "every era has the /usr/lib64 links"
+    for link in cfg["links"]:
+        assert os.path.realpath(link["path"]) == link["target"]
+    ggml = cfg["libraries"]["ggml-cuda"]
+    assert (ggml.get("path") == str(host.ggml_cuda)
+            or fnmatch.fnmatch(host.ggml_cuda.name, ggml["name"]))
+
+
+def test_host_without_shim_links(simhost):
+    host = simhost(era="F", shim_links=False)
+    host.add_model(MODEL)
+    server = host.start_server(preload_shims=False, probes=False)
+    runner = server.load_model(MODEL)
+    assert runner.maps_library(str(host.real_driver))
+    assert not any("libvgpu-" in p for p in runner.mapped_paths())
+    assert os.readlink(host.lib64 / "libcuda.so.1") == host.real_driver.name
+    assert [str(p) for p, _ in host.links()][2:] == [
+        str(host.cuda_dir / "libcuda.so.1"), str(host.cuda_dir / "libcudart.so.12.8.90")]
+    assert not os.path.lexists(host.cuda_dir / "libcuda.so.1")  # reported missing
 
 
 @pytest.mark.parametrize("era", ["A", "B", "D2"])
