@@ -187,8 +187,10 @@ class SimServer:
         return self.poll() is None
 
     def wait(self, timeout: float = 10) -> int:
-        return wait_until(lambda: self.poll() is not None and (self.status,), timeout,
-                          f"server {self.pid} to exit")[0]
+        """Wait for the server to exit; its raw wait status."""
+        wait_until(lambda: self.poll() is not None, timeout, f"server {self.pid} to exit")
+        assert self.status is not None
+        return self.status
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -353,7 +355,6 @@ class SimHost:
         self.shim_links = shim_links
         self.servers: list[SimServer] = []
         self.segments: list[tuple[int, int]] = []   # (log offset, server pid)
-        self.cgroups: list[MemoryCgroup] = []
 
     # -- creation --------------------------------------------------------------------------
 
@@ -588,8 +589,6 @@ class SimHost:
         for server in self.servers:
             for cg in server.cgroups:
                 cg.remove()
-        for cg in self.cgroups:
-            cg.remove()
         if left:
             raise SimHostError(f"processes of {self.root} survived SIGKILL: {left}")
 

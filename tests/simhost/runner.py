@@ -225,7 +225,10 @@ class Runner:
             try:
                 load_library(lib)
             except OSError as err:
-                loader_failure(self.argv[0], str(err))
+                # ld.so names the DT_NEEDED entry; a path here stands for an RPATH lookup
+                missing = os.path.isabs(lib) and not os.path.exists(lib)
+                loader_failure(self.argv[0], f"{os.path.basename(lib)}: cannot open shared "
+                               "object file: No such file or directory" if missing else str(err))
 
     def load_backends(self) -> None:
         """Runtime dlopen of the ggml backends (0.5.8+), plus cuInit through libcuda.so.1."""

@@ -18,10 +18,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,7 +97,7 @@ class Child:
     """A runner or probe the server started, and what became of it."""
 
     id: int
-    kind: str                     # "runner" | "probe"
+    kind: str                     # "runner", "probe", or "in-process" (era B)
     argv: list[str]
     proc: subprocess.Popen
     port: int | None = None
@@ -460,7 +458,7 @@ class OllamaServer:
             self._pump(child, child.proc.stdout, trace)
         self._reap(child)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and child.proc.poll() is None and child.alive:
+        while time.monotonic() < deadline and child.alive:
             try:
                 _http_json(f"http://127.0.0.1:{port}/info", timeout=1)
                 break
@@ -551,6 +549,8 @@ class OllamaServer:
         engine = options.get("engine", e.default_engine)
         if e.name == "B":
             return self._load_in_process(model, scenario, options, gpu, estimate, ctx)
+        if e.server_discovers_with_dlopen and gpu:
+            self._dlopen_driver("libcuda.so*", keep=False)  # refresh free VRAM before a load
         port = free_port()
         plan = models.MemoryPlan.of(model, ctx)
         self._log_pre_start(model, gpu, estimate, ctx, plan, options)
@@ -1138,6 +1138,3 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 def main(host: HostConfig, argv: list[str]) -> int:
     return OllamaServer(host, argv).run()
 
-
-if __name__ == "__main__":  # pragma: no cover - started through the launcher only
-    sys.exit("run through tests.simhost.entry")
