@@ -18,9 +18,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import gguf, logfmt
+from . import logfmt
 from .eras import DRIVER_VERSION, LIB64, LIB_OLLAMA, Era
-from .models import MemoryPlan, Model
+from .models import MemoryPlan, Model, from_blob
 from .simproc import (
     HostConfig,
     allocate_forever,
@@ -177,18 +177,8 @@ class Runner:
         self.status = "loading model"
         self.offloaded = 0
         self.backends_loaded = False
-        self.model = self._read_model() if self.blob else None
+        self.model = from_blob(self.blob, self.spec.get("model", "")) if self.blob else None
         self.load_lock = threading.Lock()
-
-    def _read_model(self) -> Model:
-        meta = gguf.read(self.blob)
-        arch = str(meta["general.architecture"])
-        return Model(name=self.spec.get("model", ""), blob=self.blob, blob_digest="",
-                     digest="", layers=int(meta[f"{arch}.block_count"]) + 1,
-                     weights_bytes=int(meta.get("simhost.weights_bytes", 0)),
-                     context_length=int(meta.get(f"{arch}.context_length", 0)),
-                     architecture=arch, display_name=str(meta.get("general.name", "")),
-                     details={"parameter_size": str(meta.get("general.size_label", ""))})
 
     # -- libraries ---------------------------------------------------------------------------
 

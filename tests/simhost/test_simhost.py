@@ -310,7 +310,7 @@ def test_missing_library_exits_127(era_host):
 
 def test_late_load_maps_ggml_cuda_after_the_delay(era_host):
     host = era_host[0]
-    runner, _ = _load(host, "late_load", delay=0.5)
+    runner, _ = _load(host, "late_load", delay=1.0)
     assert runner.alive and not runner.maps_library(str(host.ggml_cuda))
     # listed while it loads (facts §6)
     assert "late-load:latest" in [m["name"] for m in host.servers[-1].api("/api/ps")["models"]]
@@ -373,8 +373,9 @@ def _kmsg():
     return fd
 
 
-def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str:
-    rx, seen = re.compile(pattern), []
+def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str | None:
+    """The next kernel record matching `pattern`, or None after `timeout`."""
+    rx = re.compile(pattern)
 
     def poll():
         while True:
@@ -382,15 +383,14 @@ def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str:
                 rec = os.read(fd, 8192).decode(errors="replace")
             except BlockingIOError:
                 return None
-            except BrokenPipeError:
+            except BrokenPipeError:  # records were overwritten before we read them
                 continue
-            seen.append(rec)
             if rx.search(rec):
                 return rec
     try:
         return wait_until(poll, timeout, f"kernel record /{pattern}/")
     except SimHostError:
-        pytest.fail(f"no kernel record /{pattern}/ among {len(seen)} read")
+        return None
 
 
 def test_kernel_logs_the_segfault_in_the_shim(f_host):
@@ -400,12 +400,17 @@ def test_kernel_logs_the_segfault_in_the_shim(f_host):
     host = f_host
     host.add_model("kmsg:latest")
     server = host.servers[-1]
-    runner = server.load_model("kmsg:latest")
     fd = _kmsg()
     try:
-        server.crash_runner("kmsg:latest", mode="sigsegv", library="libvgpu-cuda.so")
-        _kmsg_wait(fd, rf"ollama\[{runner.pid}\]: segfault at 0 ip [0-9a-f]+ sp [0-9a-f]+ "
-                       r"error \d+ in libvgpu-cuda\.so\[")
+        # The kernel rate-limits these records (printk_ratelimit, shared with every other
+        # crashing process on the machine): try again once the interval has passed.
+        for _ in range(3):
+            runner = server.load_model("kmsg:latest")
+            server.crash_runner("kmsg:latest", mode="sigsegv", library="libvgpu-cuda.so")
+            if _kmsg_wait(fd, rf"ollama\[{runner.pid}\]: segfault at 0 ip [0-9a-f]+ "
+                              r"sp [0-9a-f]+ error \d+ in libvgpu-cuda\.so\[", timeout=3):
+                return
+        pytest.fail("no kernel segfault record for three crashes")
     finally:
         os.close(fd)
 
@@ -422,7 +427,8 @@ def test_oom_in_a_memory_cgroup_is_a_real_oom_kill(f_host):
         dead = server.crash_runner("oomkill:latest", mode="oom", memory_limit=96 << 20)
         assert os.WIFSIGNALED(dead.wait_status)
         assert os.WTERMSIG(dead.wait_status) == signal.SIGKILL
-        _kmsg_wait(fd, rf"Memory cgroup out of memory: Killed process {runner.pid} \(ollama\)")
+        assert _kmsg_wait(fd, rf"Memory cgroup out of memory: Killed process {runner.pid} "
+                              r"\(ollama\)")  # not rate-limited
     finally:
         os.close(fd)
 
