@@ -436,13 +436,13 @@ class OllamaServer:
             child.last_err = msg
 
     def _probe_env(self, gpu_uuid: str | None) -> dict[str, str]:
-        env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True,
-                                  gpu_uuid=gpu_uuid or "", probe=gpu_uuid is not None)
-        if gpu_uuid is None:
-            env.pop("CUDA_VISIBLE_DEVICES", None)
-        elif self.era.at_least("0.13.0"):
+        """A library-dir probe sees every device; a device probe only its own (facts §2)."""
+        env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True, gpu_uuid="")
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if gpu_uuid is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
-            env["GGML_CUDA_INIT"] = "1"
+            if self.era.at_least("0.13.0"):
+                env["GGML_CUDA_INIT"] = "1"
         return env
 
     def _probe_info(self, argv: list[str], gpu_uuid: str | None) -> Child:
@@ -470,7 +470,7 @@ class OllamaServer:
 
     def _probe_g(self, kind: str, argv: list[str]) -> Child:
         env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True,
-                                  gpu_uuid=self.gpus[0].uuid if self.gpus else "", probe=True)
+                                  gpu_uuid=self.gpus[0].uuid if self.gpus else "")
         child = self._spawn("probe", argv, env, port=None, pipe_stdout=True)
         seen = threading.Event()
         trace = self.log.enabled("TRACE")

@@ -133,6 +133,27 @@ def test_runner_maps_ggml_and_shim_through_symlink(era_host):
     assert not any(p.endswith("/libcuda.so.1") for p in paths)  # maps show resolved files
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = f.read().decode().split("\0")
+    return dict(x.split("=", 1) for x in items if "=" in x)
+
+
+def test_runner_environment(era_host):
+    host, server, runner = era_host
+    env = _environ(runner.pid)
+    first = {"C": host.cuda_dir, "D1": host.cuda_dir, "E": host.cuda_dir,
+             "F": host.ollama_lib, "G": host.ollama_lib}[host.era.name]
+    dirs = env["LD_LIBRARY_PATH"].split(":")
+    assert dirs[0] == str(first) and dirs[-1] == str(host.lib64)  # ours first, then inherited
+    gpu = "GPU-076afa50-fc31-49ca-be1d-f9e53480fe75"
+    assert env.get("CUDA_VISIBLE_DEVICES") == (None if host.era.name == "F" else gpu)
+    assert ("OLLAMA_LIBRARY_PATH" in env) == (host.era.name in ("E", "F"))
+    if host.era.name == "G":
+        assert env["GGML_BACKEND_PATH"] == str(host.ggml_cuda)
+    assert _environ(server.pid)["OLLAMA_HOST"] == f"127.0.0.1:{server.port}"
+
+
 def test_server_maps_nothing_gpu_after_discovery(era_host):
     _, server, _ = era_host
     with open(f"/proc/{server.pid}/maps") as f:
