@@ -65,6 +65,7 @@ class Daemon:
         self._reload_requested = False
         self._next_refresh = 0.0
         self._refresh_hooks: list[Callable[[float], None]] = []
+        self._event_listeners: list[Callable[[list[Event]], None]] = []
         self._wakeup_at: float | None = None
         self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
@@ -104,6 +105,10 @@ class Daemon:
     def after_refresh(self, hook: Callable[[float], None]) -> None:
         """Call `hook(now)` after every full refresh (event sources re-sync there)."""
         self._refresh_hooks.append(hook)
+
+    def on_events(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call `listener(events)` with every batch of recorded events."""
+        self._event_listeners.append(listener)
 
     def set_runtime(self, **changes: object) -> None:
         self.runtime = replace(self.runtime, **changes)
@@ -234,6 +239,9 @@ class Daemon:
         if recorded:
             self._write_event_log(recorded, now)
         self._recent.extend(recorded)
+        if recorded:
+            for listener in self._event_listeners:
+                listener(recorded)
         self._wake_for_classifier(now)
         self._publish(now)
 

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Ollama's Go-log era writes local time without a zone: read it in this host's zone.
 LOCAL_TIMEZONE = datetime.now().astimezone().tzinfo or UTC
+# Events after which /api/ps is likely to have changed.
+API_CHANGING_EVENTS = frozenset({ev.RUNNER_STARTED, ev.RUNNER_READY, ev.RUNNER_EXITED,
+                                 ev.OFFLOAD, ev.PROCESS_STARTED, ev.PROCESS_EXITED})
 MANIFEST_RESCAN_SECONDS = 60.0  # periodic re-read of the manifests
 MANIFEST_RESCAN_MIN_GAP = 5.0  # when a model vgpumon cannot name shows up
 
@@ -59,6 +62,7 @@ class OllamaSources:
             self._keep_following(now)
         self._refresh_names(now, min_gap=0.0)
         self.daemon.after_refresh(self._after_refresh)
+        self.daemon.on_events(self._on_events)
         self._publish(now)
 
     def look_once(self) -> None:
@@ -93,6 +97,11 @@ class OllamaSources:
             self._refresh_names(now, min_gap=MANIFEST_RESCAN_MIN_GAP)
         self._publish(now)
 
+    def _on_events(self, events: list[Event]) -> None:
+        """Ask the API again when models may have come or gone, not only every interval."""
+        if any(e.kind in API_CHANGING_EVENTS for e in events):
+            self._poller.poll_now()
+
     # -- log -----------------------------------------------------------------------------------
 
     def _on_log(self, now: float) -> None:
@@ -108,7 +117,6 @@ class OllamaSources:
         self._evidence(events, now)
         self.facts.apply(events)
         if any(e.kind == ev.RUNNER_STARTED for e in events):
-            self._poller.poll_now()
             self._refresh_names(now, min_gap=MANIFEST_RESCAN_MIN_GAP)
         self._publish(now)
         self.daemon.record(events, now)

@@ -18,7 +18,7 @@ ERAS = ["C", "D1", "E", "F", "G"]
 
 
 def start(host, tmp_path, **overrides) -> Vgpumon:
-    return Vgpumon(host_config(host, interval="60s", **overrides), tmp_path)
+    return Vgpumon(host_config(host, **{"interval": "60s", **overrides}), tmp_path)
 
 
 @pytest.fixture(params=ERAS)
@@ -86,8 +86,8 @@ def test_go_runner_crash_counts_as_a_crash(simhost, tmp_path):
         event = daemon.wait_event("process_exited", match=lambda e: e["pid"] == runner.pid)
         assert event["reason"] == "crash"
         assert daemon.wait_event("go_crash")["signal"] == "SIGSEGV"
-        logged = daemon.wait_event("runner_exited")
-        assert logged["reason"] == "crash"
+        # 0.13 logs no "runner terminated" line for an idle runner's crash; the exit status
+        # (proc connector) and the trace (log) are what tell it was a crash.
     finally:
         daemon.stop()
 
@@ -140,7 +140,7 @@ def test_replay_prints_the_events_the_daemon_saw(simhost, tmp_path):
     try:
         server.load_model(MODEL, scenario="partial_offload", gpu_layers=10)
         server.crash_runner(MODEL, mode="go_crash")
-        daemon.wait_event("runner_exited")
+        daemon.wait_event("go_crash")
         live = [e for e in daemon.events() if e["kind"] in
                 ("ollama_version", "gpu_discovered", "runner_started", "offload",
                  "runner_exited", "go_crash")]
