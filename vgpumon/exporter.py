@@ -22,6 +22,7 @@ from vgpumon.ollama.state import OllamaState
 from vgpumon.publication import Published
 from vgpumon.sources.libraries import bypassing
 from vgpumon.sources.links import LINK_STATES
+from vgpumon.tracker import link_key
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ def process_families(published: Published) -> Iterator[Metric]:
     bypass = GaugeMetricFamily("vgpumon_processes_bypassing_shim",
                                "Processes mapping the real driver while mapping no shim.",
                                labels=["group"])
+    containers = GaugeMetricFamily("vgpumon_process_container_info",
+                                   "Containers the group's processes run in (runtime://id; "
+                                   "host processes are not listed).",
+                                   labels=["group", "container"])
     gpu = GaugeMetricFamily("vgpumon_processes_with_gpu_device",
                             "Processes mapping an NVIDIA device file (they hold a CUDA context).",
                             labels=["group"])
@@ -114,7 +119,9 @@ def process_families(published: Published) -> Iterator[Metric]:
         bypass.add_metric([group.name],
                           sum(1 for m in readable if bypassing(m.libraries, drivers, shims)))
         gpu.add_metric([group.name], sum(1 for m in readable if m.libraries.gpu_device))
-    yield from (count, oldest, unreadable, bypass, gpu)
+        for container in sorted({m.process.container for m in members if m.process.container}):
+            containers.add_metric([group.name, container], 1)
+    yield from (count, oldest, unreadable, bypass, gpu, containers)
 
 
 def library_families(published: Published) -> Iterator[Metric]:
@@ -153,18 +160,21 @@ def library_families(published: Published) -> Iterator[Metric]:
 def link_families(published: Published) -> Iterator[Metric]:
     state, counters = published.state, published.counters
     link_state = GaugeMetricFamily("vgpumon_shim_link_state",
-                                   "State of each configured shim link (one state is 1).",
-                                   labels=["path", "state"])
+                                   "State of each configured shim link (one state is 1; all 0 "
+                                   "while it cannot be checked). view: host or server.",
+                                   labels=["path", "state", "view"])
     changes = CounterMetricFamily("vgpumon_shim_link_changes",
-                                  "Times the link's state or target changed.", labels=["path"])
+                                  "Times the link's state or target changed.",
+                                  labels=["path", "view"])
     last_change = GaugeMetricFamily("vgpumon_shim_link_last_change_timestamp_seconds",
-                                    "When the link last changed.", labels=["path"])
+                                    "When the link last changed.", labels=["path", "view"])
     for link in state.links:
+        key = link_key(link.view, link.path)
         for name in LINK_STATES:
-            link_state.add_metric([link.path, name], 1 if link.state == name else 0)
-        changes.add_metric([link.path], counters.link_changes.get(link.path, 0))
-        if link.path in counters.link_last_change:
-            last_change.add_metric([link.path], counters.link_last_change[link.path])
+            link_state.add_metric([link.path, name, link.view], 1 if link.state == name else 0)
+        changes.add_metric([link.path, link.view], counters.link_changes.get(key, 0))
+        if key in counters.link_last_change:
+            last_change.add_metric([link.path, link.view], counters.link_last_change[key])
     yield from (link_state, changes, last_change)
 
 

@@ -84,6 +84,8 @@ def process_started_event(state: ProcessState, ts: float) -> Event:
     fields: dict[str, object] = {"group": process.group, "pid": process.pid, "ppid": process.ppid}
     if process.model_arg:
         fields["model"] = process.model_arg
+    if process.container:
+        fields["container"] = process.container
     return Event(ts, ev.PROCESS_STARTED, fields)
 
 

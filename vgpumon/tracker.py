@@ -114,9 +114,9 @@ class Tracker:
         elif event.kind == ev.PROCESS_EXITED:
             return self._exited(event)
         elif event.kind == ev.SHIM_LINK_CHANGED:
-            path = event.get("path")
-            self._link_changes[path] += 1
-            self._link_last_change[path] = event.ts
+            key = link_key(event.get("view", "host"), event.get("path"))
+            self._link_changes[key] += 1
+            self._link_last_change[key] = event.ts
         elif event.kind in ev.LOG_ERROR_KINDS:
             self._log_errors[event.kind] += 1
         return []
@@ -139,6 +139,11 @@ class Tracker:
     def _loop_event(self, kind: str, group: str, ts: float, crashes: int) -> Event:
         return Event(ts, kind, {"group": group, "crashes": crashes,
                                 "window_seconds": self._spec.window})
+
+
+def link_key(view: str, path: str) -> str:
+    """Links are counted per view and path: the same path may be watched in two views."""
+    return f"{view}:{path}"
 
 
 def _expire(times: deque[float], oldest_kept: float) -> None:

@@ -61,7 +61,7 @@ def test_counters_follow_events():
     assert counters.exits[("runner", "crash")] == 1
     assert counters.crashes == {"runner": 2}
     assert counters.last_crash == {"runner": 5}
-    assert counters.link_changes == {"/l": 1} and counters.link_last_change == {"/l": 6}
+    assert counters.link_changes == {"host:/l": 1} and counters.link_last_change == {"host:/l": 6}
     assert counters.log_errors == {ev.CUDA_ERROR: 1}
     assert counters.events[ev.PROCESS_EXITED] == 4
 

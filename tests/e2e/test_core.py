@@ -50,8 +50,8 @@ def test_shipped_config_serves_all_groups_at_zero_on_a_host_without_ollama(tmp_p
         assert daemon.value("vgpumon_processes_missing_library", group="runner",
                             library="ggml-cuda") is not None
         states = [daemon.value("vgpumon_shim_link_state", path="/usr/lib64/libcuda.so.1",
-                               state=state) for state in ("ok", "missing", "not_symlink",
-                                                          "wrong_target", "dangling")]
+                               state=state, view="host")
+                  for state in ("ok", "missing", "not_symlink", "wrong_target", "dangling")]
         assert sorted(states) == [0, 0, 0, 0, 1]
         assert daemon.get("/healthz") == b"ok\n"
         assert b"vgpumon" in daemon.get("/")
@@ -82,7 +82,7 @@ def test_server_and_runner_are_found_with_their_libraries(simhost, tmp_path):
         assert value("vgpumon_processes_bypassing_shim", group="runner") == 0
         assert value("vgpumon_library_present", library="vgpu-cuda") == 1
         for link, _target in host.links():
-            assert value("vgpumon_shim_link_state", path=str(link), state="ok") == 1
+            assert value("vgpumon_shim_link_state", path=str(link), state="ok", view="host") == 1
         state = daemon.state()
         (tracked,) = [p for p in state["processes"] if p["group"] == "runner"]
         assert tracked["pid"] == runner.pid and tracked["ppid"] == server.pid
@@ -130,7 +130,8 @@ def test_a_link_to_the_real_driver_is_wrong_target(simhost, tmp_path):
     host.set_link(link, host.real_driver)
     daemon = Vgpumon(quiet(host_config(host)), tmp_path)
     try:
-        assert daemon.value("vgpumon_shim_link_state", path=str(link), state="wrong_target") == 1
+        assert daemon.value("vgpumon_shim_link_state", path=str(link), state="wrong_target",
+                            view="host") == 1
         (state,) = [x for x in daemon.state()["links"] if x["path"] == str(link)]
         assert state["target"] == str(host.real_driver)
     finally:
@@ -176,7 +177,7 @@ def test_each_link_state(simhost, tmp_path, state):
     result = run_cli("once", "--config", str(config))
     metrics = parse_metrics(result.stdout)
     for name in ("ok", "missing", "not_symlink", "wrong_target", "dangling"):
-        key = ("vgpumon_shim_link_state", (("path", str(link)), ("state", name)))
+        key = ("vgpumon_shim_link_state", (("path", str(link)), ("state", name), ("view", "host")))
         assert metrics[key] == (1 if name == state else 0), name
 
 

@@ -131,17 +131,20 @@ def test_link_swap_is_seen_at_once(host, tmp_path):
     daemon = start(host, tmp_path)
     link = host.lib64 / "libcuda.so.1"
     try:
-        assert daemon.value("vgpumon_shim_link_state", path=str(link), state="ok") == 1
+        assert daemon.value("vgpumon_shim_link_state", path=str(link), state="ok", view="host") == 1
         host.set_link(link, host.real_driver)  # ln -sf
-        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="wrong_target")
+        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="wrong_target",
+                            view="host")
         event = daemon.wait_event("shim_link_changed")
         assert event["path"] == str(link)
         assert (event["old_target"], event["new_target"]) == ("libvgpu-cuda.so",
                                                               str(host.real_driver))
-        assert daemon.value("vgpumon_shim_link_changes_total", path=str(link)) == 1
+        assert daemon.value("vgpumon_shim_link_changes_total", path=str(link),
+                            view="host") == 1
         host.set_link(link, "libvgpu-cuda.so")
-        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="ok")
-        daemon.wait_value("vgpumon_shim_link_changes_total", 2, path=str(link))
+        daemon.wait_value("vgpumon_shim_link_state", 1, path=str(link), state="ok", view="host")
+        daemon.wait_value("vgpumon_shim_link_changes_total", 2, path=str(link),
+                          view="host")
     finally:
         daemon.stop()
 

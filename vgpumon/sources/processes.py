@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from vgpumon.config import GroupSpec
+from vgpumon.containers import container_of
 from vgpumon.procfs import ProcFS, ProcParseError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TrackedProcess:
     cmdline: tuple[str, ...]
     exe: str | None
     model_arg: str | None
+    container: str | None = None  # runtime://id, None on the host
 
     @property
     def key(self) -> tuple[int, int]:
@@ -183,12 +185,19 @@ class ProcessScanner:
         return TrackedProcess(
             pid=pid, start_ticks=start_ticks, start_time=start_time, ppid=ppid, group=group,
             comm=comm, cmdline=cmdline, exe=exe, model_arg=model_argument(cmdline),
+            container=self._read_container(pid),
         )
 
     def _is_unexeced_fork(self, ppid: int, cmdline: tuple[str, ...]) -> bool:
         """A child that still carries its tracked parent's argv has forked but not yet exec'd."""
         parent = self._seen.get(ppid)
         return bool(parent and parent.tracked and parent.tracked.cmdline == cmdline)
+
+    def _read_container(self, pid: int) -> str | None:
+        try:
+            return container_of(self._procfs.read(pid, "cgroup"))
+        except OSError:
+            return None
 
     def _read_exe(self, pid: int) -> str | None:
         try:
