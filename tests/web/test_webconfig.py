@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ssl
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -292,3 +293,14 @@ def _write(tmp_path, text: str) -> str:
     path = tmp_path / "web.yml"
     path.write_text(text)
     return str(path)
+
+
+def test_the_documented_example_is_valid():
+    # docs/secure-exposure.md's example must keep parsing (its files do not exist here).
+    text = (Path(__file__).resolve().parents[2] / "docs" / "secure-exposure.md").read_text()
+    examples = [block.split("```")[0] for block in text.split("```yaml\n")[1:]]
+    [example] = [block for block in examples if block.startswith("tls_server_config:")]
+    config = parse_web_config(example, source="secure-exposure.md", base_dir="/etc/vgpumon")
+    assert config.tls is not None
+    assert config.tls.client_ca_file == "/etc/vgpumon/tls/scrapers-ca.crt"
+    assert [user for user, _ in config.basic_auth_users] == ["prometheus"]
