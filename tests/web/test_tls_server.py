@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import ssl
 import threading
@@ -134,6 +135,28 @@ def test_a_silent_client_does_not_block_scrapes_and_is_dropped(tmp_path, pki):
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_a_trickling_handshake_is_cut_at_the_deadline(tmp_path, pki):
+    # One byte of a ClientHello every 0.2 s: each read makes progress, but the handshake
+    # deadline is for the whole handshake, so the server still gives up.
+    with running_server(access_from(tmp_path, tls_config(pki))) as server:
+        server.handshake_timeout = 1.0
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"\x16\x03\x01\x02\x00")  # a handshake record of 512 bytes...
+            closed = False
+            for _ in range(100):  # ...sent so slowly that it would take 20 s
+                readable, _, _ = select.select([sock], [], [], 0.2)
+                if readable and sock.recv(1024) == b"":  # (an alert may come first)
+                    closed = True
+                    break
+                try:
+                    sock.send(b"\x01")
+                except OSError:
+                    closed = True
+                    break
+            assert closed
+        assert fetch(url(server), context=client_context(pki)).status == 200
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
