@@ -110,10 +110,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vgpumon.daemon import Daemon
     from vgpumon.ollama_sources import OllamaSources
     from vgpumon.watchers import EventSources
+    from vgpumon.webconfig import web_access_for
 
     loader = config_loader(args)
     config = loader()  # a bad config exits 2 here, before any port is bound
-    daemon = Daemon(config, reload_config=loader)
+    web_access = web_access_for(config.web_config_file)  # and so does a bad web config
+    if config.web_config_file is not None:
+        log.info("web config loaded source=%s %s", config.web_config_file,
+                 web_access.describe())
+    daemon = Daemon(config, reload_config=loader, web_access=web_access)
     sources = [EventSources(daemon), OllamaSources(daemon)]
     daemon.start()
     for source in sources:
@@ -150,13 +155,17 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from vgpumon.webconfig import web_access_for
+
     config = load_config(args.config)
+    web_access = web_access_for(config.web_config_file)
     print(f"config ok: {config.source or 'built-in defaults'}")
     print(f"  listen {config.listen}, interval {config.interval:g}s, procfs {config.procfs}")
     print(f"  groups: {', '.join(g.name for g in config.groups)}")
     print(f"  libraries: {', '.join(s.name for s in config.libraries)} "
           f"(shims: {', '.join(config.shims) or 'none'})")
     print(f"  links: {len(config.links)}")
+    print(f"  web: {config.web_config_file or 'no web config'} ({web_access.describe()})")
     return EXIT_OK
 
 

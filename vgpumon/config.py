@@ -196,6 +196,16 @@ def load_config(path: str | None) -> Config:
 
 
 def parse_config(text: str, *, source: str = "config") -> Config:
+    data, lines = read_yaml(text, source=source)
+    return _Validator(lines, source).config(data)
+
+
+def read_yaml(text: str, *, source: str) -> tuple[Any, dict[str, int]]:
+    """The YAML document as plain values, and the line of every key path in it.
+
+    Shared by every file vgpumon reads (the config, the web config), so that all of them
+    reject duplicate and non-string keys and name lines the same way.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -205,7 +215,7 @@ def parse_config(text: str, *, source: str = "config") -> Config:
         raise ConfigError("", f"invalid YAML: {problem}", source=source, line=line) from err
     lines: dict[str, int] = {}
     data = {} if node is None else _plain(node, "", lines, source)
-    return _Validator(lines, source).config(data)
+    return data, lines
 
 
 def _plain(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> Any:

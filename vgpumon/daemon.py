@@ -37,6 +37,7 @@ from vgpumon.sdnotify import Watchdog, notify
 from vgpumon.state import HostState, diff, process_started_event
 from vgpumon.tracker import Tracker
 from vgpumon.web import ExporterServer
+from vgpumon.webconfig import WebAccess, web_access_for
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,12 @@ Handler = Callable[[float], None]
 
 
 class Daemon:
-    def __init__(self, config: Config, *, reload_config: Callable[[], Config] | None = None):
+    def __init__(self, config: Config, *, reload_config: Callable[[], Config] | None = None,
+                 web_access: WebAccess | None = None):
         now = time.time()
         self.config = config
         self._reload_config = reload_config
+        self.web_access = web_access or WebAccess.plain()
         self.health = CollectorHealth()
         self.observer = HostObserver(config, self.health)
         self.tracker = Tracker(config.crash_loop)
@@ -84,10 +87,10 @@ class Daemon:
     def bind(self) -> ExporterServer:
         """Open the exporter's port (after the config was validated and the first refresh)."""
         self.server = ExporterServer((self.config.listen_host, self.config.listen_port),
-                                     self.registry(), self.publisher)
+                                     self.registry(), self.publisher, self.web_access)
         host = self.config.listen_host
-        log.info("listening address=%s:%d", f"[{host}]" if ":" in host else host,
-                 self.server.port)
+        log.info("listening address=%s:%d scheme=%s", f"[{host}]" if ":" in host else host,
+                 self.server.port, self.server.scheme)
         return self.server
 
     def watch(self, fd: int, handler: Handler) -> None:
@@ -287,6 +290,7 @@ class Daemon:
         notify("RELOADING=1")
         try:
             config = self._reload_config()
+            web_access = web_access_for(config.web_config_file)
         except ConfigError as err:
             log.error("config reload failed, keeping the old config error=%r", str(err))
             self.set_runtime(config_reload_success=False, config_reload_timestamp=now)
@@ -296,6 +300,9 @@ class Daemon:
             log.warning("listen changed; restart vgpumon to apply it old=%s new=%s",
                         self.config.listen, config.listen)
         self.config = config
+        self.web_access = web_access
+        if self.server is not None:
+            self.server.set_web_config(web_access)
         self.observer = HostObserver(config, self.health)
         self.tracker.reconfigure(config.crash_loop)
         if config.events.file != self.event_log.path:

@@ -1,6 +1,10 @@
 """The HTTP endpoints: /metrics, /healthz, / (landing page), /state and /events.
 
 Handlers only read `Publisher.current`; nothing here touches /proc or blocks on the loop.
+
+With a web config (`vgpumon.webconfig.WebAccess`) every connection is TLS, handshaken in its
+own thread under a deadline, and every request, /healthz included (as in the exporter
+toolkit), passes the rate limit and basic auth before it is routed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import html
 import json
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +29,8 @@ from prometheus_client.exposition import choose_encoder
 
 from vgpumon import __version__
 from vgpumon.publication import Published, Publisher
+from vgpumon.webauth import CHALLENGE
+from vgpumon.webconfig import WebAccess
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +38,96 @@ log = logging.getLogger(__name__)
 HEALTHY_INTERVALS = 3
 HEALTHY_SLACK_SECONDS = 10.0
 
+# A client must finish the TLS handshake within this time, or its connection is closed.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+# A connection that sends nothing for this long is closed (longer than a 1m scrape interval,
+# so Prometheus keeps reusing its connection).
+IDLE_TIMEOUT_SECONDS = 120.0
+
 
 class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+    handshake_timeout = HANDSHAKE_TIMEOUT_SECONDS
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
-                 publisher: Publisher):
+                 publisher: Publisher, access: WebAccess | None = None):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         self.registry = registry
         self.publisher = publisher
-        self.authorize: Callable[[BaseHTTPRequestHandler], bool] = lambda _handler: True
+        self.access = access or WebAccess.plain()
         super().__init__(address, ExporterHandler)
 
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.access.ssl_context is not None else "http"
+
+    def set_web_config(self, access: WebAccess) -> None:
+        """Apply a new web config to the connections and requests that come from now on."""
+        self.access = access  # one reference swap: each reader sees the old or the new one
+
+    # -- connections (TLS) ---------------------------------------------------------------------
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Runs in the accepting thread: only wrap here (no I/O); the handshake happens in the
+        # connection's own thread (finish_request), so a slow or broken client stalls nobody.
+        sock, address = super().get_request()
+        context = self.access.ssl_context
+        if context is None:
+            return sock, address
+        try:
+            return context.wrap_socket(sock, server_side=True,
+                                       do_handshake_on_connect=False), address
+        except OSError:
+            sock.close()
+            raise
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            return
+        super().finish_request(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        client = client_address[0]
+        sock.settimeout(self.handshake_timeout)
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as err:  # SSLError, timeout, reset: this connection's
+            log.debug("tls handshake failed client=%s error=%r", client, str(err))
+            return False
+        if not self.access.client_allowed(sock.getpeercert()):
+            log.warning("tls client rejected: no allowed SAN in its certificate client=%s",
+                        client)
+            return False
+        sock.settimeout(None)
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request is its own problem; anything else is ours.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("http connection error client=%s error=%r", client_address[0], str(error))
+        else:
+            log.error("http request failed client=%s", client_address[0], exc_info=True)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def authorize(self, handler: ExporterHandler) -> bool:
+        """Admit the request, or answer it (429, 401) and return False."""
+        access = self.access
+        if not access.admit():
+            handler.send_plain(429, "too many requests\n")
+            return False
+        if not access.authenticate(handler.headers.get("Authorization")):
+            handler.send_plain(401, "unauthorized\n", {"WWW-Authenticate": CHALLENGE})
+            return False
+        return True
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
@@ -59,6 +139,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
     server: ExporterServer
     server_version = f"vgpumon/{__version__}"
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_SECONDS
 
     def do_GET(self) -> None:
         if not self.server.authorize(self):
@@ -82,6 +163,12 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http client=%s request=%r", self.client_address[0], format % args)
+
+    def end_headers(self) -> None:
+        # Every response, errors and 401s included, carries the web config's extra headers.
+        for name, value in self.server.access.headers:
+            self.send_header(name, value)
+        super().end_headers()
 
     # -- routes --------------------------------------------------------------------------------
 
@@ -129,9 +216,13 @@ class ExporterHandler(BaseHTTPRequestHandler):
         body = json.dumps(document, indent=1, default=str).encode()
         self._send(200, "application/json", body, compressible=True)
 
+    def send_plain(self, status: int, text: str,
+                   headers: dict[str, str] | None = None) -> None:
+        self._send(status, "text/plain; charset=utf-8", text.encode(), headers=headers)
+
     def _send(self, status: int, content_type: str, body: bytes, *,
-              compressible: bool = False) -> None:
-        headers = {"Content-Type": content_type}
+              compressible: bool = False, headers: dict[str, str] | None = None) -> None:
+        headers = {"Content-Type": content_type, **(headers or {})}
         if compressible and "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
