@@ -13,6 +13,7 @@ import os
 import time
 
 from vgpumon.daemon import Daemon
+from vgpumon.events import Event
 from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence, ExitClassifier
 from vgpumon.sources.fswatch import FsWatcher, plan_watches
 from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, parse_segfault
@@ -42,6 +43,7 @@ class EventSources:
         self._last_maps_refresh = 0.0
         self._maps_refresh_pending = False
         self._overflows: dict[str, int] = {}
+        self._server_pid: int | None = None
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -57,6 +59,7 @@ class EventSources:
         )
         self.daemon.set_runtime(exit_mechanism=mechanism)
         self.daemon.after_refresh(self._after_refresh)
+        self.daemon.on_events(self._on_events)
         self._after_refresh(now)
         log.info("event sources exits=%s kmsg=%s inotify=%s", mechanism,
                  "yes" if self._kmsg else "no", "yes" if self._fs else "no")
@@ -129,21 +132,35 @@ class EventSources:
                 health.record(name, now, True, 0.0)
 
     def _arm_fswatch(self) -> None:
+        """Watch the directories of every link, link target and path library, in their view
+        (a server-view directory is watched as /proc/PID/root/<dir> of the current server)."""
         assert self._fs is not None
         config, observer = self.daemon.config, self.daemon.observer
-        host = observer.host_view
-        links = [host.outside(spec.path) for spec in config.links if spec.view == "host"]
-        related = [host.outside(spec.target) for spec in config.links if spec.view == "host"]
-        library_dirs = set(host.outside(d) for d in config.watch_dirs)
+        links, related, library_dirs = [], [], set()
+        for spec in config.links:
+            view = observer.view(spec.view)
+            if view is not None:
+                links.append(view.outside(spec.path))
+                related.append(view.outside(spec.target))
         for found in observer.library_files:
-            spec = config.library(found.library)
-            if spec.view == "host":
-                related += [host.outside(found.path), host.outside(found.resolved)]
-                library_dirs.add(os.path.dirname(host.outside(found.resolved)))
+            view = observer.view(config.library(found.library).view)
+            if view is not None:
+                related += [view.outside(found.path), view.outside(found.resolved)]
+                library_dirs.add(os.path.dirname(view.outside(found.resolved)))
+        library_dirs |= {observer.host_view.outside(d) for d in config.watch_dirs}
         library_dirs |= observer.mapped_library_dirs()
         patterns = [spec.glob for spec in config.libraries if spec.glob]
         patterns += [os.path.basename(p) for p in related]
         self._fs.set_plan(plan_watches(links, related, library_dirs, patterns))
+        self._server_pid = observer.server().pid if observer.server() else None
+
+    def _on_events(self, events: list[Event]) -> None:
+        """A new or gone server moves the server view: re-arm the watches at once."""
+        if self._fs is None:
+            return
+        server = self.daemon.observer.server()
+        if (server.pid if server else None) != self._server_pid:
+            self.daemon.health.run("inotify", time.time(), self._arm_fswatch)
 
     def _sync_pidfds(self) -> None:
         assert self._pidfds is not None

@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -470,16 +471,20 @@ class SimHost:
     def start_server(self, *, preload_shims: bool | list[str] = True,
                      env: dict[str, str] | None = None, gpus: int | None = None,
                      probes: bool = True, debug: bool = False, timeout: float = 30,
+                     wrap: Callable[[list[str]], list[str]] | None = None,
                      **options) -> SimServer:
         """Start `<root>/usr/local/bin/ollama serve`; returns once its API answers and its
         GPU discovery is done. `gpus=0`: CPU-only discovery. `probes=False`: no F/G probe
         processes. Options: probe_hold, discovery_hold (seconds the server keeps the probe
-        or the dlopened driver), load_timeout, scenario (default for API-driven loads)."""
+        or the dlopened driver), load_timeout, scenario (default for API-driven loads).
+        `wrap(argv)` returns the command that ends by exec'ing argv (e.g. `unshare` to start
+        the server, and so its runners, in a mount namespace of its own: a "container")."""
         write_json(str(self.root / ".simhost" / "server.json"), {
             "gpus": gpus, "probes": probes, **options})
         offset = self.log_file.stat().st_size
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([str(self.server_exe), "serve"],
+            argv = [str(self.server_exe), "serve"]
+            proc = subprocess.Popen(wrap(argv) if wrap else argv,
                                     env=self.server_env(preload_shims, debug, env),
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     cwd=str(self.root), start_new_session=True)
