@@ -160,6 +160,7 @@ class Config:
     ollama: OllamaSpec = field(default_factory=OllamaSpec)
     events: EventsSpec = field(default_factory=EventsSpec)
     watch_dirs: tuple[str, ...] = ()
+    nvml: str = "auto"
     web_config_file: str | None = None
     source: str = ""
 
@@ -376,6 +377,7 @@ class _Validator:
             ollama=self.ollama(top.get("ollama")),
             events=self.events(top.get("events")),
             watch_dirs=self.get(top, "watch_dirs", (), self.path_list),
+            nvml=self.get(top, "nvml", "auto", self.switch),
             web_config_file=self.get(top, "web_config_file", None, self.optional_path),
             source=self._source,
         )
@@ -390,6 +392,13 @@ class _Validator:
         if value is None or value == "":
             return None
         return self.absolute_path(value, path)
+
+    def switch(self, value: Any, path: str) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if value not in ("auto", "on", "off"):
+            raise self.error(path, f"expected auto, on or off, got {_type_name(value)}")
+        return value
 
     def path_list(self, value: Any, path: str) -> tuple[str, ...]:
         if value is None:
@@ -546,7 +555,7 @@ class _Validator:
 
 _TOP_KEYS = (
     "listen", "interval", "procfs", "rootfs", "libraries", "shims", "links", "groups",
-    "crash_loop", "ollama", "events", "watch_dirs", "web_config_file",
+    "crash_loop", "ollama", "events", "watch_dirs", "nvml", "web_config_file",
 )
 
 

@@ -8,6 +8,7 @@ library and link is exported even when nothing matches, so alerts can fire on ab
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from collections.abc import Callable, Iterator
 
@@ -122,6 +123,23 @@ def process_families(published: Published) -> Iterator[Metric]:
         for container in sorted({m.process.container for m in members if m.process.container}):
             containers.add_metric([group.name, container], 1)
     yield from (count, oldest, unreadable, bypass, gpu, containers)
+    yield from gpu_memory_families(published)
+
+
+def gpu_memory_families(published: Published) -> Iterator[Metric]:
+    """From NVML, where it is available (the optional nvml collector)."""
+    memory = published.state.gpu_memory
+    if memory is None:
+        return
+    devices = GaugeMetricFamily("vgpumon_nvml_gpus", "GPUs the NVIDIA driver reports.")
+    devices.add_metric([], memory.devices)
+    used = GaugeMetricFamily("vgpumon_process_gpu_memory_bytes",
+                             "GPU memory held by the group's processes (NVML).",
+                             labels=["group"])
+    for group in published.config.groups:
+        used.add_metric([group.name], sum(memory.by_pid.get(m.process.pid, 0)
+                                          for m in published.state.in_group(group.name)))
+    yield from (devices, used)
 
 
 def library_families(published: Published) -> Iterator[Metric]:
@@ -219,8 +237,9 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
 
 
 def loaded_models(published: Published) -> dict[str, str | None]:
-    """Model label -> blob digest, for every model loaded now: listed by /api/ps, or run by a
-    tracked runner. Labels come from the local manifests, never from a client."""
+    """Model label -> the key of its offload facts (blob digest, or model file), for every
+    model loaded now: listed by /api/ps, or run by a tracked runner. Labels come from the
+    local manifests (or the runner's model file name), never from a client."""
     ollama = published.state.ollama
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
     models: dict[str, str | None] = {}
@@ -230,9 +249,14 @@ def loaded_models(published: Published) -> dict[str, str | None]:
             label = model.name if blob is not None else model_label(model.digest, {})
             models[label[:MAX_LABEL]] = blob
     for state in published.state.processes:
-        blob = blob_digest_from_model_arg(state.process.model_arg or "")
+        argument = state.process.model_arg
+        if not argument:
+            continue
+        blob = blob_digest_from_model_arg(argument)
         if blob is not None:
             models.setdefault(model_label(blob, ollama.names)[:MAX_LABEL], blob)
+        else:  # a model file given directly (llama-server -m FILE)
+            models.setdefault(os.path.basename(argument)[:MAX_LABEL], argument)
     return dict(sorted(models.items())[:MAX_MODELS])
 
 

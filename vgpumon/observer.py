@@ -21,6 +21,7 @@ from vgpumon.sources.libraries import (
     read_process_libraries,
 )
 from vgpumon.sources.links import ShimLinkState, check_link
+from vgpumon.sources.nvml import GpuMemory, NvmlReader
 from vgpumon.sources.processes import ProcessScanner, TrackedProcess
 from vgpumon.state import HostState, ProcessState
 
@@ -46,6 +47,10 @@ class HostObserver:
         self._library_files: tuple[LibraryFile, ...] = ()
         self._matcher = LibraryMatcher(config.libraries, {})
         self._links: tuple[ShimLinkState, ...] = ()
+        self._nvml = NvmlReader.open() if config.nvml != "off" else None
+        if self._nvml is None and config.nvml == "on":
+            log.warning("nvml: on, but NVML is not available (see the reason above)")
+        self._gpu_memory: GpuMemory | None = None
 
     # -- refreshes ------------------------------------------------------------------------------
 
@@ -57,6 +62,8 @@ class HostObserver:
         self._refresh_library_files(now)
         self._refresh_maps(now, None)
         self._refresh_links(now)
+        if self._nvml is not None:
+            self._gpu_memory = self.health.run("nvml", now, self._nvml.read)
         return self.snapshot(now)
 
     def refresh_maps(self, now: float, pids: frozenset[int] | None = None) -> HostState:
@@ -99,6 +106,7 @@ class HostObserver:
             links=self._links,
             library_files=self._library_files,
             collectors=self.health.statuses(),
+            gpu_memory=self._gpu_memory,
         )
 
     def last_maps(self, key: tuple[int, int]) -> tuple[MappedFile, ...]:

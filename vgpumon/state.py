@@ -10,6 +10,7 @@ from vgpumon.events import Event
 from vgpumon.ollama.state import OllamaState
 from vgpumon.sources.libraries import LibraryFile, ProcessLibraries
 from vgpumon.sources.links import ShimLinkState
+from vgpumon.sources.nvml import GpuMemory
 from vgpumon.sources.processes import TrackedProcess
 
 
@@ -40,6 +41,7 @@ class HostState:
     library_files: tuple[LibraryFile, ...] = ()
     collectors: tuple[CollectorStatus, ...] = ()
     ollama: OllamaState = field(default_factory=OllamaState)
+    gpu_memory: GpuMemory | None = None  # None: no NVML on this host
 
     def in_group(self, group: str) -> tuple[ProcessState, ...]:
         return tuple(p for p in self.processes if p.process.group == group)

@@ -35,7 +35,7 @@ def test_shipped_example_config_equals_the_built_in_defaults():
     defaults = Config()
     for field in ("listen_host", "listen_port", "interval", "procfs", "rootfs", "libraries",
                   "shims", "links", "crash_loop", "ollama", "events", "watch_dirs",
-                  "web_config_file"):
+                  "nvml", "web_config_file"):
         assert getattr(shipped, field) == getattr(defaults, field), field
     assert [(g.name, g.comm and g.comm.pattern, g.exe and g.exe.pattern,
              g.cmdline and g.cmdline.pattern, g.expect) for g in shipped.groups] == [

@@ -542,6 +542,12 @@ class LogInterpreter:
             return []
         return [Event(estimate.ts, estimate.kind, self._of_model(dict(estimate.fields)))]
 
+    def _model_file(self, line: _Line, m: re.Match[str]) -> list[Event]:
+        """llama.cpp names the file it loads: the model of the lines that follow, also for a
+        llama-server whose own stderr is the log (no Ollama "starting" line before it)."""
+        self._model = blob_digest_from_model_arg(m.group(1)) or m.group(1)
+        return []
+
     def _of_model(self, fields: dict[str, Any]) -> dict[str, Any]:
         if self._model is not None:
             fields["model"] = self._model
@@ -614,6 +620,11 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
         LogInterpreter._runner_ready,
     ),
     (re.compile(r"offloaded (\d{1,6})/(\d{1,6}) layers to GPU"), LogInterpreter._offloaded),
+    (
+        re.compile(r"llama_model_loader: loaded meta data with \d{1,9} key-value pairs and "
+                   r"\d{1,9} tensors from (\S{1,4096}) "),
+        LogInterpreter._model_file,
+    ),
     (
         re.compile(r"(\d{1,9}) MB VRAM available, loading up to (\d{1,6}) GPU layers"),
         LogInterpreter._old_estimate,

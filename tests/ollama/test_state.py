@@ -1,0 +1,79 @@
+"""OllamaFacts: log events folded into GPUs and per-model offload; llama-server's own log."""
+
+from __future__ import annotations
+
+from vgpumon import events as ev
+from vgpumon.events import Event
+from vgpumon.ollama.interpret import LogInterpreter
+from vgpumon.ollama.logline import parse_line
+from vgpumon.ollama.state import OllamaFacts
+
+BLOB = "a" * 64
+
+
+def e(kind, ts=1.0, **fields):
+    return Event(ts, kind, fields)
+
+
+def test_gpus_of_the_last_discovery_round():
+    facts = OllamaFacts()
+    facts.apply([e(ev.GPU_DISCOVERED, id="GPU-1", library="CUDA", name="A", discovery_round=1),
+                 e(ev.GPU_DISCOVERED, id="GPU-2", library="CUDA", name="B", discovery_round=1)])
+    assert [g.id for g in facts.state(None, {}).gpus] == ["GPU-1", "GPU-2"]
+    facts.apply([e(ev.CPU_ONLY, discovery_round=2)])
+    assert facts.state(None, {}).gpus == ()
+
+
+def test_no_discovery_seen_means_unknown():
+    assert OllamaFacts().state(None, {}).gpus is None
+
+
+def test_actual_offload_wins_over_the_estimate_and_a_new_load_resets_it():
+    facts = OllamaFacts()
+    facts.apply([e(ev.OFFLOAD, gpu_layers=29, total_layers=29, estimate=True, model=BLOB)])
+    assert facts.offload()[BLOB].estimate
+    facts.apply([e(ev.OFFLOAD, gpu_layers=10, total_layers=29, estimate=False, model=BLOB)])
+    assert (facts.offload()[BLOB].gpu_layers, facts.offload()[BLOB].estimate) == (10, False)
+    facts.apply([e(ev.OFFLOAD, gpu_layers=29, total_layers=29, estimate=True, model=BLOB),
+                 e(ev.RUNNER_STARTED, model=BLOB, discovery=False)])
+    assert facts.offload()[BLOB].estimate  # the old runner's report is gone with the new load
+
+
+def test_load_request_without_total_keeps_the_known_total():
+    facts = OllamaFacts()
+    facts.apply([e(ev.OFFLOAD, gpu_layers=29, total_layers=29, estimate=False, model=BLOB),
+                 e(ev.OFFLOAD, gpu_layers=5, total_layers=None, estimate=False, model=BLOB)])
+    assert (facts.offload()[BLOB].gpu_layers, facts.offload()[BLOB].total_layers) == (5, 29)
+
+
+# llama-server's own stderr (Ollama 0.30+ runs it; the rig runs it directly): no Ollama line
+# names the model, llama.cpp's loader does.
+LLAMA_SERVER_STDERR = [
+    "llama_model_loader: loaded meta data with 27 key-value pairs and 39 tensors from "
+    "/srv/models/tiny.gguf (version GGUF V3 (latest))",
+    "load_tensors: offloading 4 repeating layers to GPU",
+    "load_tensors: offloading output layer to GPU",
+    "load_tensors: offloaded 5/5 layers to GPU",
+]
+
+
+def test_llama_server_log_attributes_the_offload_to_its_model_file():
+    interpreter = LogInterpreter()
+    events = []
+    for line in LLAMA_SERVER_STDERR:
+        events += interpreter.feed(parse_line(line), 1.0)
+    facts = OllamaFacts()
+    facts.apply(events)
+    offload = facts.offload()["/srv/models/tiny.gguf"]
+    assert (offload.gpu_layers, offload.total_layers, offload.estimate) == (5, 5, False)
+
+
+def test_ollama_blob_path_in_the_loader_line_is_keyed_by_its_digest():
+    interpreter = LogInterpreter()
+    line = ("llama_model_loader: loaded meta data with 27 key-value pairs and 39 tensors from "
+            f"/usr/share/ollama/.ollama/models/blobs/sha256-{BLOB} (version GGUF V3 (latest))")
+    events = interpreter.feed(parse_line(line), 1.0)
+    events += interpreter.feed(parse_line("load_tensors: offloaded 2/5 layers to GPU"), 1.0)
+    facts = OllamaFacts()
+    facts.apply(events)
+    assert facts.offload()[BLOB].gpu_layers == 2
