@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from vgpumon.config import Config
 from vgpumon.doctor import eras
-from vgpumon.doctor.eras import Era, era_of
+from vgpumon.doctor.eras import LATEST, Era, era_of
 from vgpumon.doctor.kmsg import KernelLog, read_kernel_log
 from vgpumon.doctor.libsearch import (
     Candidate,
@@ -104,6 +104,7 @@ class LibraryFacts:
     resolutions: tuple[LibraryResolution, ...]
     environ: Mapping[str, str]  # the variables the loader was modelled with
     environ_from: str
+    environ_known: bool  # False: the server's variables could not be read, only assumed
     executable: str | None
     shims: Mapping[FileId, str] = field(default_factory=dict)  # shim files in the server's view
     notes: tuple[str, ...] = ()
@@ -382,15 +383,16 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
     executable, exe_note = loadable_executable(view, runner_executable(ctx.era, server, lib_dir))
     notes = [n for n in (exe_note,) if n]
     resolutions = []
-    environ, environ_from = {}, "no environment"
+    environ: dict[str, str] = {}
+    environ_from, known = "no environment", True
     for candidate in existing:
-        environ, environ_from = loader_environ(ctx, candidate.path, lib_dir)
+        environ, environ_from, known = loader_environ(ctx, candidate.path, lib_dir)
         resolutions.append(resolve_candidate(candidate, view, environ, executable, server.cwd,
                                              shims))
     if not existing:
-        environ, environ_from = loader_environ(ctx, None, lib_dir)
+        environ, environ_from, known = loader_environ(ctx, None, lib_dir)
     return LibraryFacts(lib_dir, candidates, tuple(resolutions), environ, environ_from,
-                        executable, shims, tuple(notes))
+                        known, executable, shims, tuple(notes))
 
 
 def shim_files(view: FileView, config: Config) -> dict[FileId, str]:
@@ -414,21 +416,27 @@ def runner_executable(era: Era | None, server: ServerFacts, lib_dir: str | None)
 
 
 def loader_environ(ctx: DoctorContext, library: str | None,
-                   lib_dir: str | None) -> tuple[dict[str, str], str]:
-    """The variables a runner loads the library with: a running runner's own where readable,
-    else the server's with what Ollama adds for a runner of this version."""
+                   lib_dir: str | None) -> tuple[dict[str, str], str, bool]:
+    """The variables a runner loads the library with, whose they are, and whether they are
+    known (False: the server's own could not be read, so only what Ollama adds is there).
+
+    A running runner's own where readable, else the server's with what Ollama adds for a
+    runner of this version."""
     for pid, env in sorted(ctx.runner_environs.items()):
         if env.variables is not None:
-            return dict(env.variables), f"runner pid {pid}"
+            return dict(env.variables), f"runner pid {pid}", True
     server_env = ctx.server_environ
-    if server_env is None:
-        return {}, "an empty environment (the server's could not be read)"
-    if ctx.era is None or lib_dir is None:
-        return dict(server_env), "the server's environment"
+    known = server_env is not None
+    base = dict(server_env or {})
+    whose = ("the server's environment" if known
+             else "an assumed environment (the server's could not be read)")
+    if lib_dir is None:
+        return base, whose, known
+    era = ctx.era or LATEST
     cuda_dir = os.path.dirname(library) if library else None
-    derived = eras.runner_environment(ctx.era, ctx.version, server_env, lib_dir, cuda_dir)
-    return derived, (f"the server's environment plus what Ollama {ctx.version} adds for a "
-                     "runner")
+    derived = eras.runner_environment(era, ctx.version, base, lib_dir, cuda_dir)
+    return derived, f"{whose} plus what Ollama {ctx.version or ''} adds for a runner".replace(
+        "  ", " "), known
 
 
 def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTestResult | None:
@@ -437,9 +445,10 @@ def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTes
     target = next((r for r in libraries.resolutions if r.resolution is not None), None)
     if target is None:
         return None
-    environ, environ_from = loader_environ(ctx, target.path, libraries.lib_dir)
+    environ, environ_from, known = loader_environ(ctx, target.path, libraries.lib_dir)
     if not ctx.server.same_root:
-        return LoadTestResult(target.path, environ, environ_from,
+        return LoadTestResult(target.path, environ, environ_from, known,
                               skipped="the server runs in its own filesystem (a container); "
                                       "a child of the doctor would load the host's files")
-    return run_load_test(target.path, environ, environ_from, ctx.options.load_test_timeout)
+    return run_load_test(target.path, environ, environ_from, ctx.options.load_test_timeout,
+                         environ_known=known)

@@ -46,6 +46,7 @@ class LoadTestResult:
     library: str
     environ: Mapping[str, str]
     environ_from: str  # whose variables the child got
+    environ_known: bool = True  # False: the server's variables were assumed, not read
     ok: bool = False
     error: str | None = None  # dlerror(), or why the child did not report
     loader_messages: tuple[str, ...] = ()  # ld.so's own lines on stderr (failed preloads)
@@ -61,9 +62,10 @@ class LoadTestResult:
 
 
 def run_load_test(library: str, environ: Mapping[str, str], environ_from: str,
-                  timeout: float = TIMEOUT, python: str | None = None) -> LoadTestResult:
+                  timeout: float = TIMEOUT, python: str | None = None,
+                  environ_known: bool = True) -> LoadTestResult:
     python = python or sys.executable
-    base = LoadTestResult(library, dict(environ), environ_from)
+    base = LoadTestResult(library, dict(environ), environ_from, environ_known)
     if not python:
         return _with(base, skipped="no Python interpreter to run the child with")
     try:
@@ -83,7 +85,7 @@ def run_load_test(library: str, environ: Mapping[str, str], environ_from: str,
         why = _died(done.returncode, stderr)
         return _with(base, error=why, loader_messages=messages)
     return LoadTestResult(
-        library, dict(environ), environ_from,
+        library, dict(environ), environ_from, environ_known,
         ok=bool(result.get("ok")),
         error=result.get("error"),
         loader_messages=messages,

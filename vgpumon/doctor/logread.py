@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vgpumon.config import OllamaLogSpec
-from vgpumon.doctor.privileges import NEEDED_FOR, Privileges, is_permission_problem
+from vgpumon.doctor.privileges import Privileges, is_permission_problem, needs
 from vgpumon.events import Event
 from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.replay import JSON, PLAIN, records_of_line
@@ -52,7 +52,7 @@ def _read_journal(unit: str, since: float, privileges: Privileges,
     limited = None
     if not privileges.can_read_journal:
         limited = (f"not root and not in group systemd-journal or adm: journalctl shows only "
-                   f"this user's entries; needs {NEEDED_FOR['journal']}")
+                   f"this user's entries; {needs('journal')}")
     lines = list(JournalFollower(unit, journalctl).catch_up(since))
     events = interpret(lines, JSON)
     return LogReadout(source, since, len(lines), events, None, limited)
@@ -69,7 +69,7 @@ def _read_file(path: str, since: float) -> LogReadout:
             follower.close()
     if error:
         if is_permission_problem(error):
-            error += f"; needs {NEEDED_FOR['file']}"
+            error += f"; {needs('file')}"
         return LogReadout(source, since, error=error)
     return LogReadout(source, since, len(lines), interpret(lines, PLAIN))
 

@@ -36,14 +36,14 @@ WANTED = (
 )
 JOURNAL_GROUPS = ("systemd-journal", "adm")
 
-# What reading each kind of thing needs, as the finding names it.
+# What reading each kind of thing needs (root has all of it).
 NEEDED_FOR = {
-    "maps": "CAP_SYS_PTRACE (or run the doctor as root or as the process's user)",
-    "environ": "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or run the doctor as root)",
-    "root": "CAP_SYS_PTRACE (to look through /proc/PID/root into the process's filesystem)",
-    "journal": "membership in group systemd-journal (adm on Debian/Ubuntu), or root",
-    "kmsg": "CAP_SYSLOG (kernel.dmesg_restrict=1 hides /dev/kmsg from other users)",
-    "file": "read access to the file (run the doctor as root or as its owner)",
+    "maps": "CAP_SYS_PTRACE",
+    "environ": "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+    "root": "CAP_SYS_PTRACE",
+    "journal": "membership in group systemd-journal (adm on Debian/Ubuntu)",
+    "kmsg": "CAP_SYSLOG (kernel.dmesg_restrict=1 hides /dev/kmsg)",
+    "file": "read access to the file",
 }
 _PERMISSION_TEXTS = (os.strerror(errno.EACCES), os.strerror(errno.EPERM))
 
@@ -119,5 +119,15 @@ def cannot_read(what: str, path: str, error: str) -> str:
     """``cannot read /proc/4100/maps (Permission denied); needs CAP_SYS_PTRACE …``"""
     text = f"cannot read {path} ({error})"
     if is_permission_problem(error) and what in NEEDED_FOR:
-        text += f"; needs {NEEDED_FOR[what]}"
+        text += f"; {needs(what)}"
     return text
+
+
+def needs(what: str) -> str:
+    """``needs CAP_SYS_PTRACE (or root)``"""
+    return f"needs {NEEDED_FOR[what]} (or root)"
+
+
+def remedy(what: str) -> str:
+    """The next step for a check that could not look."""
+    return f"run the doctor as root, or give it {NEEDED_FOR[what]}"

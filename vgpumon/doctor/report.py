@@ -81,6 +81,15 @@ def fail(check_id: str, finding: str, action: str, evidence: Iterable[str] = ())
     return Check(check_id, Status.FAIL, finding, tuple(evidence), action)
 
 
+def uncertain(check: Check, why: str, remedy: str) -> Check:
+    """A fail whose facts were partly assumed becomes a warn that says so: the doctor must
+    not call something broken because it could not look."""
+    if check.status is not Status.FAIL:
+        return check
+    return Check(check.id, Status.WARN, f"{check.finding} ({why})", check.evidence,
+                 f"{remedy}; then: {check.action}")
+
+
 @dataclass(frozen=True)
 class Section:
     title: str

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from vgpumon import events as ev
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST, at_least
+from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, plural
 from vgpumon.paths import FileView
@@ -46,7 +47,7 @@ def server_environment(ctx: DoctorContext) -> Check:
     environ = ctx.server.environ
     if environ.variables is None:
         return warn("env.server", f"the server's environment is unknown: {environ.error}",
-                    "run the doctor as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+                    remedy("environ"))
     shown = [f"{k}={v}" for k, v in environ.variables.items()]
     return ok("env.server", f"pid {environ.pid}: {plural(len(shown), 'relevant variable')} set "
               "(OLLAMA_*, LD_PRELOAD, LD_LIBRARY_PATH, CUDA_VISIBLE_DEVICES, GGML_BACKEND_PATH; "

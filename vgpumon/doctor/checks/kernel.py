@@ -4,7 +4,7 @@ started (a Go runner's crash in cgo code is not logged there: Go handles the sig
 from __future__ import annotations
 
 from vgpumon.doctor.context import DoctorContext
-from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem
+from vgpumon.doctor.privileges import is_permission_problem, remedy
 from vgpumon.doctor.report import Check, ok, skip, warn
 from vgpumon.doctor.text import plural, when
 
@@ -22,8 +22,7 @@ def crashes(ctx: DoctorContext) -> Check:
     if kernel.error:
         if is_permission_problem(kernel.error):
             return warn("kernel.crashes", f"cannot read {kernel.path} ({kernel.error}): "
-                        "segfaults and OOM kills stay unseen", f"run the doctor as root or "
-                        f"with {NEEDED_FOR['kmsg']}")
+                        "segfaults and OOM kills stay unseen", remedy("kmsg"))
         return warn("kernel.crashes", f"cannot read {kernel.path}: {kernel.error}",
                     "read it by hand: dmesg -T | grep -E 'segfault|Killed process'")
     since = ctx.server.process.start_time if ctx.server else ctx.now - ctx.config.crash_loop.window

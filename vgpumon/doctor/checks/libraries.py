@@ -10,15 +10,23 @@ import posixpath
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.libsearch import LIBCUDA, LibraryResolution
-from vgpumon.doctor.report import Check, fail, ok, skip
+from vgpumon.doctor.privileges import remedy
+from vgpumon.doctor.report import Check, fail, ok, skip, uncertain
 from vgpumon.doctor.text import listing, plural
 from vgpumon.ldresolve import Dependency, Step
 
 TITLE = "Libraries"
 
 
+ASSUMED = "resolved with an assumed environment: the server's own could not be read"
+REMEDY = remedy("environ") + " to check with the real one"
+
+
 def checks(ctx: DoctorContext) -> list[Check]:
-    return [backend(ctx), dependencies(ctx), libcuda(ctx)]
+    out = [backend(ctx), dependencies(ctx), libcuda(ctx)]
+    if ctx.libraries is not None and not ctx.libraries.environ_known:
+        out = [uncertain(c, ASSUMED, REMEDY) for c in out]
+    return out
 
 
 def backend(ctx: DoctorContext) -> Check:

@@ -12,7 +12,8 @@ import sys
 
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.loadtest import LoadTestResult
-from vgpumon.doctor.report import Check, fail, ok, skip, warn
+from vgpumon.doctor.privileges import remedy
+from vgpumon.doctor.report import Check, fail, ok, skip, uncertain, warn
 from vgpumon.doctor.text import listing
 from vgpumon.procfs import MappedFile
 from vgpumon.sources.libraries import LibraryMatcher
@@ -34,7 +35,12 @@ def checks(ctx: DoctorContext) -> list[Check]:
     if result.skipped:
         return [skip("loadtest.dlopen", result.skipped),
                 skip("loadtest.libcuda", result.skipped)]
-    return [dlopen(ctx, result), libcuda(ctx, result)]
+    out = [dlopen(ctx, result), libcuda(ctx, result)]
+    if not result.environ_known:
+        out = [uncertain(c, "loaded with an assumed environment: the server's own could not "
+                         "be read", remedy("environ"))
+               for c in out]
+    return out
 
 
 def dlopen(ctx: DoctorContext, result: LoadTestResult) -> Check:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from vgpumon import events as ev
 from vgpumon.doctor.context import GGML_CUDA, DoctorContext
 from vgpumon.doctor.modelload import KEEP_ALIVE
-from vgpumon.doctor.privileges import NEEDED_FOR
+from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, when
 from vgpumon.events import Event
@@ -77,7 +77,7 @@ def libraries(ctx: DoctorContext, runner: ProcessState | None) -> Check:
     label = ctx.runner_label(runner.process)
     if not libs.readable:
         return warn("model.libraries", f"cannot read the maps of {label} ({libs.error})",
-                    f"run the doctor as root or with {NEEDED_FOR['maps']}")
+                    remedy("maps"))
     expect = list(ctx.config.group("runner").expect) if any(
         g.name == "runner" for g in ctx.config.groups) else [GGML_CUDA]
     missing = [lib for lib in dict.fromkeys([*expect, GGML_CUDA])

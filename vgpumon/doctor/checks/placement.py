@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vgpumon.doctor.context import GGML_CUDA, RUNNER, SERVER, DoctorContext
 from vgpumon.doctor.eras import LATEST
-from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem
+from vgpumon.doctor.privileges import is_permission_problem, needs, remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing
 
@@ -45,7 +45,7 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
     for member in runners:
         libs = member.libraries
         if not libs.readable:
-            hint = f"; needs {NEEDED_FOR['maps']}" if is_permission_problem(libs.error) else ""
+            hint = f"; {needs('maps')}" if is_permission_problem(libs.error) else ""
             unreadable.append(f"{ctx.runner_label(member.process)}: maps unreadable "
                               f"({libs.error}){hint}")
         elif not libs.mapped(GGML_CUDA):
@@ -58,7 +58,7 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
                     evidence + [f"without it: {w}" for w in without] + unreadable)
     if unreadable:
         return warn(CHECK, f"cannot tell whether the runners map {era.cuda_library}",
-                    f"run the doctor as root or with {NEEDED_FOR['maps']}",
+                    remedy("maps"),
                     evidence + unreadable)
     return ok(CHECK, f"every model runner maps {era.cuda_library}, as {era.title} does",
               evidence)

@@ -7,7 +7,7 @@ Everything comes from the observer's `HostState`, the snapshot the daemon export
 from __future__ import annotations
 
 from vgpumon.doctor.context import DISCOVERY, RUNNER, SERVER, DoctorContext
-from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem
+from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem, needs, remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, plural
 from vgpumon.sources import links as ln
@@ -48,8 +48,8 @@ def files(ctx: DoctorContext) -> Check:
                     "config), then restart Ollama", missing + unknown + evidence)
     if unknown:
         return warn("shims.files", f"{plural(len(unknown), 'shim file')} could not be checked",
-                    "see the error; a server view needs the server running and "
-                    f"{NEEDED_FOR['root']}", unknown + evidence)
+                    "see the error; a path in the server's view needs the server running and "
+                    + NEEDED_FOR["root"] + " (or root)", unknown + evidence)
     return ok("shims.files", f"all {plural(len(evidence), 'shim')} present", evidence)
 
 
@@ -77,7 +77,8 @@ def links(ctx: DoctorContext) -> Check:
                     "then " + RESTART, evidence)
     if unknown:
         return warn("shims.links", f"{plural(len(unknown), 'link')} could not be checked",
-                    f"links in the server's view need it running and {NEEDED_FOR['root']}",
+                    "links in the server's view need it running and " + NEEDED_FOR["root"]
+                    + " (or root)",
                     evidence)
     return ok("shims.links", f"all {plural(len(states), 'link')} point at their shims",
               evidence)
@@ -105,8 +106,7 @@ def group(ctx: DoctorContext, name: str) -> Check:
         libs = member.libraries
         if not libs.readable:
             unreadable.append(member)
-            hint = (f"; needs {NEEDED_FOR['maps']}" if is_permission_problem(libs.error)
-                    else "")
+            hint = f"; {needs('maps')}" if is_permission_problem(libs.error) else ""
             evidence.append(f"{label}: cannot read /proc/{member.process.pid}/maps "
                             f"({libs.error}){hint}: not evidence that anything is missing")
             continue
@@ -127,7 +127,7 @@ def group(ctx: DoctorContext, name: str) -> Check:
         count = plural(len(unreadable), "process", "processes")
         return warn(check_id, f"cannot read the maps of {count} of group {name} (so whether "
                     f"they map {listing(list(expect))} is unknown)",
-                    f"run the doctor as root or with {NEEDED_FOR['maps']}", evidence)
+                    remedy("maps"), evidence)
     count = plural(len(members), "process", "processes")
     if not expect:
         return ok(check_id, f"{count} of group {name} (no libraries expected)", evidence)
