@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import vgpumon.doctor  # noqa: F401 - imported before the privileges are dropped
+import vgpumon.doctor  # imported before the privileges are dropped
 import vgpumon.doctor.render  # noqa: F401
 from tests.doctor.simdoctor import MODEL, DoctorRun, write_config
 from tests.simhost import SimHost
