@@ -42,10 +42,11 @@ from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
 from vgpumon.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY
 from vgpumon.ldresolve import FileId
 from vgpumon.observer import HostObserver
+from vgpumon.ollama.api import ApiFormatError, parse_version
 from vgpumon.ollama.manifests import BlobNames, blob_digest_from_model_arg, model_names_by_blob
 from vgpumon.paths import FileView, process_view
 from vgpumon.procfs import DELETED_SUFFIX, ProcFS
-from vgpumon.sources.ollama_api import OllamaApiState, poll
+from vgpumon.sources.ollama_api import ApiUnavailable, OllamaApiState, fetch, poll
 from vgpumon.sources.processes import TrackedProcess
 from vgpumon.state import HostState, ProcessState
 
@@ -77,11 +78,13 @@ class DoctorOptions:
 
 @dataclass(frozen=True)
 class ProcessEnviron:
-    """A process's relevant variables, or why they could not be read."""
+    """A process's relevant variables, or why they could not be read. `tmpdir` (where eras
+    before 0.5.2 extract their runners) is kept apart: it is used, never shown."""
 
     pid: int
     variables: Mapping[str, str] | None
     error: str | None = None
+    tmpdir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ def gather(config: Config, options: DoctorOptions = DoctorOptions()) -> DoctorCo
         p.process.pid: read_environ(observer.procfs, p.process.pid)
         for p in state.in_group(RUNNER)
     }
-    api = step("api", lambda: poll(config.ollama.url, config.ollama.timeout, now), None)
+    api = step("api", lambda: poll_api(config.ollama.url, config.ollama.timeout, now), None)
     since = log_since(config, server, now)
     log = step("log", lambda: read_log_for(config, options, since, privileges, model_load, blob),
                LogReadout("", since, error="not read"))
@@ -240,12 +243,27 @@ def gather(config: Config, options: DoctorOptions = DoctorOptions()) -> DoctorCo
                    kernel=kernel, problems=tuple(problems))
 
 
+def poll_api(url: str, timeout: float, now: float) -> OllamaApiState:
+    """The daemon's poll; a server without ``/api/ps`` (before 0.1.38) still counts as up
+    when ``/api/version`` answers."""
+    state = poll(url, timeout, now)
+    if state.up or "/api/ps: HTTP 404" not in (state.error or ""):
+        return state
+    try:
+        version = parse_version(fetch(url, "/api/version", timeout))
+    except (ApiUnavailable, ApiFormatError):
+        return state
+    return OllamaApiState(now, True, version, (), error="no /api/ps (Ollama before 0.1.38)",
+                          duration=state.duration)
+
+
 def read_environ(procfs: ProcFS, pid: int) -> ProcessEnviron:
     try:
-        return ProcessEnviron(pid, relevant(procfs.environ(pid)))
+        environ = procfs.environ(pid)
     except OSError as err:
         return ProcessEnviron(pid, None, cannot_read("environ", procfs.path(pid, "environ"),
                                                      describe_error(err)))
+    return ProcessEnviron(pid, relevant(environ), None, environ.get("TMPDIR"))
 
 
 def server_facts(procfs: ProcFS, state: HostState, host_view: FileView) -> ServerFacts | None:
@@ -377,10 +395,11 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
         path: ctx.runner_label(p.process)
         for p in ctx.runners for path in p.libraries.paths(GGML_CUDA)
     }
-    candidates = find_candidates(view, ctx.era, environs, lib_dir, mapped)
+    tmpdir = server.environ.tmpdir or "/tmp"
+    candidates = find_candidates(view, ctx.era, environs, lib_dir, mapped, tmpdir)
     existing = [c for c in candidates if c.exists][:4]
     shims = shim_files(view, ctx.config)
-    executable, exe_note = loadable_executable(view, runner_executable(ctx.era, server, lib_dir))
+    executable, exe_note = loadable_executable(view, runner_executable(ctx, server, lib_dir))
     notes = [n for n in (exe_note,) if n]
     resolutions = []
     environ: dict[str, str] = {}
@@ -405,9 +424,16 @@ def shim_files(view: FileView, config: Config) -> dict[FileId, str]:
     return found
 
 
-def runner_executable(era: Era | None, server: ServerFacts, lib_dir: str | None) -> str | None:
-    """The program that loads the CUDA backend: ``llama-server`` in era G, else the server's
-    own binary (``ollama runner``)."""
+def runner_executable(ctx: DoctorContext, server: ServerFacts,
+                      lib_dir: str | None) -> str | None:
+    """The program that loads the CUDA backend: a running runner's, else ``llama-server`` in
+    era G, else the server's own binary (``ollama runner``; eras before 0.5.8 start their own
+    runner binaries, which only a running runner shows)."""
+    for member in ctx.runners:
+        argv0 = member.process.cmdline[0] if member.process.cmdline else ""
+        if argv0.startswith("/"):
+            return argv0
+    era = ctx.era
     if era is not None and era.name == "G" and lib_dir:
         candidate = f"{lib_dir}/llama-server"
         if server.view.exists(candidate):

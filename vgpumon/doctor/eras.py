@@ -103,6 +103,8 @@ def runner_environment(era: Era, version: str | None, server_env: Mapping[str, s
         dirs = [d for d in (cuda_dir, lib_dir) if d]
     elif era.name in ("F", "G"):
         dirs = [d for d in (lib_dir, cuda_dir) if d]
+    elif era.name == "B":
+        dirs = []  # the server loads the backend itself: its own environment is the one
     else:
         dirs = [cuda_dir] if cuda_dir else []
     if dirs:

@@ -82,11 +82,13 @@ def glob_in_view(view: FileView, pattern: str) -> list[str]:
 
 
 def find_candidates(view: FileView, era: Era | None, environs: Mapping[str, Mapping[str, str]],
-                    lib_dir: str | None, mapped: Mapping[str, str]) -> tuple[Candidate, ...]:
+                    lib_dir: str | None, mapped: Mapping[str, str],
+                    tmpdir: str = "/tmp") -> tuple[Candidate, ...]:
     """Every place the CUDA backend may be loaded from, most telling first.
 
     `environs` maps a label (``server``, ``runner pid 4242``) to relevant variables; `mapped`
-    maps a path some runner has mapped to that runner's label.
+    maps a path some runner has mapped to that runner's label; `tmpdir` is the server's
+    ``TMPDIR``, where eras before 0.5.2 extract their runners.
     """
     era = era or LATEST
     name = era.cuda_library
@@ -107,7 +109,7 @@ def find_candidates(view: FileView, era: Era | None, environs: Mapping[str, Mapp
             for path in glob_in_view(view, f"{directory}/{name}") + glob_in_view(
                     view, f"{directory}/cuda_v*/{name}"):
                 add(path, f"OLLAMA_LIBRARY_PATH of {who}")
-    tmp = next((e["TMPDIR"] for e in environs.values() if e.get("TMPDIR")), "/tmp")
+    tmp = tmpdir
     for pattern in era.cuda_globs:
         if "{lib}" in pattern and lib_dir is None:
             continue
@@ -171,3 +173,9 @@ def _is_dir(view: FileView, path: str) -> bool:
         return os.path.isdir(view.outside(view.realpath(path, strict=True)))
     except OSError:
         return False
+
+
+def search_patterns(era: Era | None, lib_dir: str | None, tmpdir: str = "/tmp") -> list[str]:
+    """Where `find_candidates` looks besides the environment, for messages."""
+    era = era or LATEST
+    return [p.format(lib=lib_dir or "<prefix>/lib/ollama", tmp=tmpdir) for p in era.cuda_globs]

@@ -9,7 +9,7 @@ import posixpath
 
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
-from vgpumon.doctor.libsearch import LIBCUDA, LibraryResolution
+from vgpumon.doctor.libsearch import LIBCUDA, LibraryResolution, search_patterns
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain
 from vgpumon.doctor.text import listing, plural
@@ -39,7 +39,9 @@ def backend(ctx: DoctorContext) -> Check:
     evidence.append(f"install dir: {facts.lib_dir or 'not found next to ' + str(ctx.server.exe)}")
     existing = [c for c in facts.candidates if c.exists]
     if not existing:
-        looked = [c.path for c in facts.candidates] or [f"{facts.lib_dir}/cuda_v*"]
+        tmpdir = ctx.server.environ.tmpdir or "/tmp"
+        looked = [c.path for c in facts.candidates] + search_patterns(ctx.era, facts.lib_dir,
+                                                                        tmpdir)
         return fail("libraries.ggml_cuda", f"no {era.cuda_library} found where Ollama "
                     f"{ctx.version or ''} looks for it: models can only run on the CPU"
                     .replace("  ", " "),

@@ -121,6 +121,8 @@ def api(ctx: DoctorContext) -> Check:
                     f" ({_share(m.size_vram, m.size)}), expires "
                     f"{when(m.expires_at) if m.expires_at else 'never'}" for m in state.models]
         loaded = listing([m.name for m in state.models])
+        if state.error:  # answered, with a caveat (an old version without /api/ps)
+            return ok("ollama.api", f"{url} answers: version {state.version}; {state.error}")
         return ok("ollama.api", f"{url} answers: version {state.version}, "
                   f"{plural(len(state.models), 'model')} loaded"
                   + (f" ({loaded})" if state.models else ""), evidence)
