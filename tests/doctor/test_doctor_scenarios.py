@@ -233,3 +233,19 @@ def test_bad_config_exits_2(tmp_path):
     assert proc.returncode == 2 and "ollama.url" in proc.stderr
     missing = doctor_process(["--config", str(tmp_path / "none.yaml")])
     assert missing.returncode == 2
+
+
+@pytest.mark.parametrize("era", ["B", "C", "D1", "D2", "E", "G"])
+def test_healthy_host_of_other_eras_exits_0(simhost, era):
+    host = simhost(era=era)
+    host.add_model(MODEL)
+    server = host.start_server()
+    server.load_model(MODEL)
+    run = doctor(write_config(host))
+    assert run.rc == 0, run.describe()
+    assert f"era {era}" in run.check("ollama.version").finding
+    for check_id in ("libraries.ggml_cuda", "libraries.dependencies", "libraries.libcuda",
+                     "loadtest.dlopen", "loadtest.libcuda", "placement.ggml_cuda",
+                     "log.offload"):
+        assert run.status(check_id) is OK, (check_id, run.describe())
+    assert host.era.ggml_cuda.rsplit("/", 1)[-1] in run.check("libraries.ggml_cuda").finding
