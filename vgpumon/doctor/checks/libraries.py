@@ -77,7 +77,7 @@ def dependencies(ctx: DoctorContext) -> Check:
                     "put the missing library where the loader looks (the backend's own dir: "
                     "Ollama bundles cudart and cublas there), or reinstall Ollama's CUDA "
                     "libraries; a runner that cannot load it runs on the CPU", problems + evidence)
-    total = sum(len(_needed(r)) for r in results)
+    total = sum(len({d.name for d in _needed(r)}) for r in results)
     return ok("libraries.dependencies", f"all {plural(total, 'dependency', 'dependencies')} of "
               f"{listing([r.path for r in results])} resolve", evidence)
 

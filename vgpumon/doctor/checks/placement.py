@@ -52,9 +52,7 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
             without.append(ctx.runner_label(member.process))
     if without:
         return fail(CHECK, f"{without[0]} runs without {era.cuda_library}: its CUDA backend did "
-                    "not load, so the model runs on the CPU",
-                    "see libraries.dependencies and loadtest.dlopen for why the backend does "
-                    "not load (Ollama 0.5.8-0.24 hides that error)",
+                    "not load, so the model runs on the CPU", _why_not_loaded(ctx),
                     evidence + [f"without it: {w}" for w in without] + unreadable)
     if unreadable:
         return warn(CHECK, f"cannot tell whether the runners map {era.cuda_library}",
@@ -62,6 +60,17 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
                     evidence + unreadable)
     return ok(CHECK, f"every model runner maps {era.cuda_library}, as {era.title} does",
               evidence)
+
+
+def _why_not_loaded(ctx: DoctorContext) -> str:
+    test = ctx.load_test
+    if test is not None and test.ok:
+        return ("the backend loads in a test child with the runner's variables (loadtest.dlopen), "
+                "so the runner dropped it at run time (no device, CUDA init failed): see "
+                "log.cuda_errors; restart Ollama with OLLAMA_DEBUG=1 and load the model again to "
+                "see its backend scan")
+    return ("see libraries.dependencies and loadtest.dlopen for why the backend does not load "
+            "(Ollama 0.5.8 to 0.24 does not log that error)")
 
 
 def _in_server(ctx: DoctorContext, holders: dict[str, list[int]], evidence: list[str]) -> Check:
