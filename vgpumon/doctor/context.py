@@ -39,7 +39,7 @@ from vgpumon.doctor.privileges import (
     describe_error,
 )
 from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
-from vgpumon.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY
+from vgpumon.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY, Event
 from vgpumon.ldresolve import FileId
 from vgpumon.observer import HostObserver
 from vgpumon.ollama.api import ApiFormatError, parse_version
@@ -177,7 +177,7 @@ class DoctorContext:
         return self.server.environ.variables if self.server else None
 
     @property
-    def log_since_server(self) -> tuple:
+    def log_since_server(self) -> tuple[Event, ...]:
         """Log events since the current server started (all of them without a server)."""
         if self.log is None:
             return ()
@@ -206,6 +206,7 @@ def gather(config: Config, options: DoctorOptions = DoctorOptions()) -> DoctorCo
             config.ollama.url, options.load_model or "", options.load_timeout), None)
     observer = HostObserver(config)
     state = observer.refresh(time.time())
+    problems += [f"{c.name}: {c.error}" for c in state.collectors if not c.success]
     server = step("server", lambda: server_facts(observer.procfs, state, observer.host_view),
                   None)
     names = step("manifests", lambda: model_names(config, server), BlobNames({}, 0))
@@ -476,5 +477,10 @@ def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTes
         return LoadTestResult(target.path, environ, environ_from, known,
                               skipped="the server runs in its own filesystem (a container); "
                                       "a child of the doctor would load the host's files")
+    if not ctx.server.view.is_identity:
+        return LoadTestResult(target.path, environ, environ_from, known,
+                              skipped=f"the host's filesystem is mounted at "
+                                      f"{ctx.server.view.root} (rootfs:): a child of the "
+                                      "doctor would load its own files, not the host's")
     return run_load_test(target.path, environ, environ_from, ctx.options.load_test_timeout,
                          environ_known=known)
