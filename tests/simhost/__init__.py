@@ -10,13 +10,25 @@ See README.md in this directory. The public API:
     server.crash_runner("llama3.2:latest", mode="sigsegv", library="libvgpu-cuda.so")
     host.close()
 
-Only `host.py` and what it imports run in the test process; the modules for the simulated
-processes (entry, server, runner, simproc) are stdlib-only.
+Names are imported lazily: every simulated process imports this package too (its code lives
+in `tests.simhost.entry` and what that imports, stdlib only), and should not pay for the
+harness side.
 """
 
-from .eras import DEFAULT_VERSIONS as ERAS
-from .host import CRASH_MODES, SCENARIOS, SimHost, SimHostError, SimRunner, SimServer, wait_until
-from .simproc import Gpu
+from __future__ import annotations
 
-__all__ = ["CRASH_MODES", "ERAS", "SCENARIOS", "Gpu", "SimHost", "SimHostError", "SimRunner",
-           "SimServer", "wait_until"]
+import importlib
+
+_EXPORTS = {
+    "SimHost": "host", "SimServer": "host", "SimRunner": "host", "SimHostError": "host",
+    "SCENARIOS": "host", "CRASH_MODES": "host", "wait_until": "host", "Gpu": "simproc",
+    "Era": "eras", "ERAS": "eras",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, "DEFAULT_VERSIONS" if name == "ERAS" else name)

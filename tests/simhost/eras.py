@@ -210,8 +210,8 @@ class Era:
             return [self.cuda_dir, LIB_OLLAMA] if gpu else [LIB_OLLAMA]
         return [LIB_OLLAMA, self.cuda_dir] if gpu else [LIB_OLLAMA]
 
-    def runner_env(self, root: str, base: dict[str, str], *, gpu: bool, gpu_uuid: str,
-                   probe: bool = False) -> dict[str, str]:
+    def runner_env(self, root: str, base: dict[str, str], *, gpu: bool,
+                   gpu_uuid: str) -> dict[str, str]:
         """The runner's environment: the server's own plus what Ollama sets (facts §3.4)."""
         env = dict(base)
         dirs = [os.path.join(root, d) for d in self.runner_lib_dirs(gpu)]
@@ -223,13 +223,12 @@ class Era:
                                                 else [LIB_OLLAMA]))
         if self.name == "G" and gpu:
             env["GGML_BACKEND_PATH"] = os.path.join(root, self.cuda_dir, "libggml-cuda.so")
-        if gpu and self._sets_visible_devices(probe):
+        if gpu and gpu_uuid and self.sets_visible_devices:
             env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
         return env
 
-    def _sets_visible_devices(self, probe: bool) -> bool:
-        if self.name == "G":
-            return True
-        if self.name == "F":
-            return probe and self.at_least("0.13.5")
-        return self.at_least("0.1.33")
+    @property
+    def sets_visible_devices(self) -> bool:
+        """Model runners get CUDA_VISIBLE_DEVICES=GPU-<uuid>: 0.1.33-0.12.3 and 0.30+ (one
+        device); not from 0.12.4 to 0.24 (there only the device probes get it)."""
+        return self.name == "G" or (self.name != "F" and self.at_least("0.1.33"))

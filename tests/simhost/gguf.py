@@ -9,6 +9,7 @@ buffers and memory estimates have realistic sizes.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 MAGIC = b"GGUF"
 _U32, _STR, _U64 = 4, 8, 10
@@ -38,7 +39,7 @@ def write(path: str, metadata: dict[str, str | int]) -> None:
         f.write(out)
 
 
-def read(path: str) -> dict[str, object]:
+def read(path: str) -> dict[str, Any]:
     """The metadata of a GGUF file (scalars and strings; arrays are skipped)."""
     with open(path, "rb") as f:
         data = f.read()
@@ -46,7 +47,7 @@ def read(path: str) -> dict[str, object]:
         raise ValueError(f"{path}: not a GGUF file")
     _, _, count = struct.unpack_from("<IQQ", data, 4)
     off = 24
-    meta: dict[str, object] = {}
+    meta: dict[str, Any] = {}
 
     def take_string() -> str:
         nonlocal off

@@ -187,8 +187,10 @@ class SimServer:
         return self.poll() is None
 
     def wait(self, timeout: float = 10) -> int:
-        return wait_until(lambda: self.poll() is not None and (self.status,), timeout,
-                          f"server {self.pid} to exit")[0]
+        """Wait for the server to exit; its raw wait status."""
+        wait_until(lambda: self.poll() is not None, timeout, f"server {self.pid} to exit")
+        assert self.status is not None
+        return self.status
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -353,7 +355,6 @@ class SimHost:
         self.shim_links = shim_links
         self.servers: list[SimServer] = []
         self.segments: list[tuple[int, int]] = []   # (log offset, server pid)
-        self.cgroups: list[MemoryCgroup] = []
 
     # -- creation --------------------------------------------------------------------------
 
@@ -393,13 +394,13 @@ class SimHost:
         return self.lib64 / f"libvgpu-{name}.so"
 
     def links(self) -> list[tuple[Path, Path]]:
-        """The shim symlinks of this host as (link, final target), DESIGN.md's `links:`."""
+        """DESIGN.md's default `links:` inside this host, as (link, the shim it should reach);
+        those in directories the era does not have (cuda_v12/ before 0.5.8) are left out."""
         wanted = [(self.lib64 / "libcuda.so.1", self.shim("cuda")),
                   (self.lib64 / "libcudart.so.12", self.shim("cudart")),
                   (self.ollama_lib / "cuda_v12/libcuda.so.1", self.shim("cuda")),
                   (self.ollama_lib / "cuda_v12/libcudart.so.12.8.90", self.shim("cudart"))]
-        return [(p, t) for p, t in wanted if os.path.lexists(p) or (self.shim_links
-                and p.parent.exists())]
+        return [(p, t) for p, t in wanted if p.parent.is_dir()]
 
     # -- models ------------------------------------------------------------------------------
 
@@ -475,7 +476,7 @@ class SimHost:
         processes. Options: probe_hold, discovery_hold (seconds the server keeps the probe
         or the dlopened driver), load_timeout, scenario (default for API-driven loads)."""
         write_json(str(self.root / ".simhost" / "server.json"), {
-            "gpus": gpus if gpus is not None else 99, "probes": probes, **options})
+            "gpus": gpus, "probes": probes, **options})
         offset = self.log_file.stat().st_size
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen([str(self.server_exe), "serve"],
@@ -588,8 +589,6 @@ class SimHost:
         for server in self.servers:
             for cg in server.cgroups:
                 cg.remove()
-        for cg in self.cgroups:
-            cg.remove()
         if left:
             raise SimHostError(f"processes of {self.root} survived SIGKILL: {left}")
 

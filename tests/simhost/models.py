@@ -8,6 +8,7 @@ shows. The /api/ps `digest` is the sha256 of the manifest file itself (facts §6
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -131,6 +132,23 @@ def add_model(models_dir: str, name: str, *, layers: int = 29, family: str = "ll
     return blob_digest
 
 
+def from_blob(blob: str, name: str = "") -> Model:
+    """A Model as far as its weights blob tells (what a runner knows from `--model`)."""
+    meta = gguf.read(blob)
+    arch = str(meta["general.architecture"])
+    size_label = str(meta.get("general.size_label", ""))
+    return Model(
+        name=name, blob=blob, blob_digest="", digest="",
+        layers=int(meta[f"{arch}.block_count"]) + 1,
+        weights_bytes=int(meta.get("simhost.weights_bytes", 0)),
+        context_length=int(meta.get(f"{arch}.context_length", 0)),
+        architecture=arch,
+        display_name=str(meta.get("general.name", name)),
+        details={"parent_model": "", "format": "gguf", "family": arch, "families": [arch],
+                 "parameter_size": size_label, "quantization_level": ""},
+    )
+
+
 def resolve(models_dir: str, name: str) -> Model:
     """Read a model back from the store as the server does; FileNotFoundError if absent."""
     mname = ModelName.parse(name)
@@ -138,26 +156,18 @@ def resolve(models_dir: str, name: str) -> Model:
         raw = f.read()
     manifest = json.loads(raw)
     layer = next(x for x in manifest["layers"] if x["mediaType"] == MODEL_MEDIA)
-    blob = _blob_path(models_dir, layer["digest"])
     with open(_blob_path(models_dir, manifest["config"]["digest"])) as f:
         config = json.load(f)
-    meta = gguf.read(blob)
-    arch = str(meta["general.architecture"])
-    return Model(
-        name=mname.short,
-        blob=blob,
+    model = from_blob(_blob_path(models_dir, layer["digest"]), mname.short)
+    return dataclasses.replace(
+        model,
         blob_digest=layer["digest"],
         digest=hashlib.sha256(raw).hexdigest(),
-        layers=int(meta[f"{arch}.block_count"]) + 1,  # type: ignore[call-overload]
-        weights_bytes=int(meta.get("simhost.weights_bytes", 0)),  # type: ignore[call-overload]
-        context_length=int(meta.get(f"{arch}.context_length", 0)),  # type: ignore[call-overload]
-        architecture=arch,
-        display_name=str(meta.get("general.name", mname.model)),
         details={
             "parent_model": "",
             "format": config.get("model_format", "gguf"),
-            "family": config.get("model_family", arch),
-            "families": config.get("model_families", [arch]),
+            "family": config.get("model_family", model.architecture),
+            "families": config.get("model_families", [model.architecture]),
             "parameter_size": config.get("model_type", ""),
             "quantization_level": config.get("file_type", ""),
         },

@@ -18,9 +18,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import gguf, logfmt
+from . import logfmt
 from .eras import DRIVER_VERSION, LIB64, LIB_OLLAMA, Era
-from .models import MemoryPlan, Model
+from .models import MemoryPlan, Model, from_blob
 from .simproc import (
     HostConfig,
     allocate_forever,
@@ -177,18 +177,8 @@ class Runner:
         self.status = "loading model"
         self.offloaded = 0
         self.backends_loaded = False
-        self.model = self._read_model() if self.blob else None
+        self.model = from_blob(self.blob, self.spec.get("model", "")) if self.blob else None
         self.load_lock = threading.Lock()
-
-    def _read_model(self) -> Model:
-        meta = gguf.read(self.blob)
-        arch = str(meta["general.architecture"])
-        return Model(name=self.spec.get("model", ""), blob=self.blob, blob_digest="",
-                     digest="", layers=int(meta[f"{arch}.block_count"]) + 1,
-                     weights_bytes=int(meta.get("simhost.weights_bytes", 0)),
-                     context_length=int(meta.get(f"{arch}.context_length", 0)),
-                     architecture=arch, display_name=str(meta.get("general.name", "")),
-                     details={"parameter_size": str(meta.get("general.size_label", ""))})
 
     # -- libraries ---------------------------------------------------------------------------
 
@@ -225,7 +215,10 @@ class Runner:
             try:
                 load_library(lib)
             except OSError as err:
-                loader_failure(self.argv[0], str(err))
+                # ld.so names the DT_NEEDED entry; a path here stands for an RPATH lookup
+                missing = os.path.isabs(lib) and not os.path.exists(lib)
+                loader_failure(self.argv[0], f"{os.path.basename(lib)}: cannot open shared "
+                               "object file: No such file or directory" if missing else str(err))
 
     def load_backends(self) -> None:
         """Runtime dlopen of the ggml backends (0.5.8+), plus cuInit through libcuda.so.1."""
@@ -249,8 +242,8 @@ class Runner:
                 emit(f"load_backend: loaded CUDA backend from {cuda}")
             load_library(cpu)
             emit(f"load_backend: loaded CPU backend from {cpu}")
-            if e.name == "F" and self.cuda_works:
-                load_library("libnvidia-ml.so.1")
+            if e.name == "F" and self.cuda_works:  # free VRAM is read through NVML first
+                load_library("libnvidia-ml.so.1").nvmlInit_v2()
         elif self.cuda_works:
             self._cuda_init()
 
@@ -542,7 +535,7 @@ def gpu_discover(host: HostConfig) -> None:
     """`ollama gpu-discover --lib-dir DIR` (era G): load the driver and NVML, print, exit."""
     try:
         cuda = load_library("libcuda.so.1")
-        load_library("libnvidia-ml.so.1")
+        load_library("libnvidia-ml.so.1").nvmlInit_v2()
     except OSError as err:
         emit(json.dumps({"error": str(err)}), fd=1)
         os._exit(1)

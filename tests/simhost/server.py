@@ -18,10 +18,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +49,9 @@ SRC = {
     "dyn": "dyn_ext_server.go:90", "llamago": "llama.go:436",
 }
 
+SRC_A = {"listen": "routes.go:895", "wait": "llama.go:494", "started": "llama.go:508",
+         "error": "llama.go:517"}
+
 ERROR_PREFIXES = [  # llm/status.go; (first version, prefix)
     ("0.1.32", "error:"), ("0.1.32", "CUDA error"), ("0.1.32", "cudaMalloc failed"),
     ("0.1.32", '"ERR"'), ("0.2.0", "error loading model"), ("0.3.5", "GGML_ASSERT"),
@@ -75,6 +76,8 @@ class Logger:
         if not self.enabled(level):
             return
         t, source = logfmt.now(), SRC.get(key, key)
+        if self.era.name == "A":
+            source = SRC_A.get(key, source)
         if not self.era.at_least("0.1.21"):
             text = logfmt.golog_line(t, source, msg)
             if attrs:
@@ -94,7 +97,7 @@ class Child:
     """A runner or probe the server started, and what became of it."""
 
     id: int
-    kind: str                     # "runner" | "probe"
+    kind: str                     # "runner", "probe", or "in-process" (era B)
     argv: list[str]
     proc: subprocess.Popen
     port: int | None = None
@@ -179,7 +182,8 @@ class OllamaServer:
         self.era = Era.get(host.era, host.version)
         self.argv = argv
         self.opts: dict = read_json(host.state("server.json"), {})  # type: ignore[assignment]
-        self.gpus = host.gpus[: int(self.opts.get("gpus", len(host.gpus)))]
+        wanted = self.opts.get("gpus")
+        self.gpus = host.gpus if wanted is None else host.gpus[: int(wanted)]
         self.log = Logger(self.era, os.environ.get("OLLAMA_DEBUG", ""))
         self.lock = threading.RLock()
         self.children: list[Child] = []
@@ -432,13 +436,13 @@ class OllamaServer:
             child.last_err = msg
 
     def _probe_env(self, gpu_uuid: str | None) -> dict[str, str]:
-        env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True,
-                                  gpu_uuid=gpu_uuid or "", probe=gpu_uuid is not None)
-        if gpu_uuid is None:
-            env.pop("CUDA_VISIBLE_DEVICES", None)
-        elif self.era.at_least("0.13.0"):
+        """A library-dir probe sees every device; a device probe only its own (facts §2)."""
+        env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True, gpu_uuid="")
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if gpu_uuid is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
-            env["GGML_CUDA_INIT"] = "1"
+            if self.era.at_least("0.13.0"):
+                env["GGML_CUDA_INIT"] = "1"
         return env
 
     def _probe_info(self, argv: list[str], gpu_uuid: str | None) -> Child:
@@ -454,7 +458,7 @@ class OllamaServer:
             self._pump(child, child.proc.stdout, trace)
         self._reap(child)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and child.proc.poll() is None and child.alive:
+        while time.monotonic() < deadline and child.alive:
             try:
                 _http_json(f"http://127.0.0.1:{port}/info", timeout=1)
                 break
@@ -466,7 +470,7 @@ class OllamaServer:
 
     def _probe_g(self, kind: str, argv: list[str]) -> Child:
         env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True,
-                                  gpu_uuid=self.gpus[0].uuid if self.gpus else "", probe=True)
+                                  gpu_uuid=self.gpus[0].uuid if self.gpus else "")
         child = self._spawn("probe", argv, env, port=None, pipe_stdout=True)
         seen = threading.Event()
         trace = self.log.enabled("TRACE")
@@ -545,6 +549,8 @@ class OllamaServer:
         engine = options.get("engine", e.default_engine)
         if e.name == "B":
             return self._load_in_process(model, scenario, options, gpu, estimate, ctx)
+        if e.server_discovers_with_dlopen and gpu:
+            self._dlopen_driver("libcuda.so*", keep=False)  # refresh free VRAM before a load
         port = free_port()
         plan = models.MemoryPlan.of(model, ctx)
         self._log_pre_start(model, gpu, estimate, ctx, plan, options)
@@ -1132,6 +1138,3 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 def main(host: HostConfig, argv: list[str]) -> int:
     return OllamaServer(host, argv).run()
 
-
-if __name__ == "__main__":  # pragma: no cover - started through the launcher only
-    sys.exit("run through tests.simhost.entry")

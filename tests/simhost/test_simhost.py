@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -130,6 +131,27 @@ def test_runner_maps_ggml_and_shim_through_symlink(era_host):
     assert os.path.basename(str(host.ggml_cuda)) == GGML[host.era.name]
     assert str(host.shim("cuda")) in paths          # libcuda.so.1 -> libvgpu-cuda.so
     assert not any(p.endswith("/libcuda.so.1") for p in paths)  # maps show resolved files
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = f.read().decode().split("\0")
+    return dict(x.split("=", 1) for x in items if "=" in x)
+
+
+def test_runner_environment(era_host):
+    host, server, runner = era_host
+    env = _environ(runner.pid)
+    first = {"C": host.cuda_dir, "D1": host.cuda_dir, "E": host.cuda_dir,
+             "F": host.ollama_lib, "G": host.ollama_lib}[host.era.name]
+    dirs = env["LD_LIBRARY_PATH"].split(":")
+    assert dirs[0] == str(first) and dirs[-1] == str(host.lib64)  # ours first, then inherited
+    gpu = "GPU-076afa50-fc31-49ca-be1d-f9e53480fe75"
+    assert env.get("CUDA_VISIBLE_DEVICES") == (None if host.era.name == "F" else gpu)
+    assert ("OLLAMA_LIBRARY_PATH" in env) == (host.era.name in ("E", "F"))
+    if host.era.name == "G":
+        assert env["GGML_BACKEND_PATH"] == str(host.ggml_cuda)
+    assert _environ(server.pid)["OLLAMA_HOST"] == f"127.0.0.1:{server.port}"
 
 
 def test_server_maps_nothing_gpu_after_discovery(era_host):
@@ -309,7 +331,7 @@ def test_missing_library_exits_127(era_host):
 
 def test_late_load_maps_ggml_cuda_after_the_delay(era_host):
     host = era_host[0]
-    runner, _ = _load(host, "late_load", delay=0.5)
+    runner, _ = _load(host, "late_load", delay=1.0)
     assert runner.alive and not runner.maps_library(str(host.ggml_cuda))
     # listed while it loads (facts §6)
     assert "late-load:latest" in [m["name"] for m in host.servers[-1].api("/api/ps")["models"]]
@@ -372,8 +394,9 @@ def _kmsg():
     return fd
 
 
-def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str:
-    rx, seen = re.compile(pattern), []
+def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str | None:
+    """The next kernel record matching `pattern`, or None after `timeout`."""
+    rx = re.compile(pattern)
 
     def poll():
         while True:
@@ -381,15 +404,14 @@ def _kmsg_wait(fd: int, pattern: str, timeout: float = 5) -> str:
                 rec = os.read(fd, 8192).decode(errors="replace")
             except BlockingIOError:
                 return None
-            except BrokenPipeError:
+            except BrokenPipeError:  # records were overwritten before we read them
                 continue
-            seen.append(rec)
             if rx.search(rec):
                 return rec
     try:
         return wait_until(poll, timeout, f"kernel record /{pattern}/")
     except SimHostError:
-        pytest.fail(f"no kernel record /{pattern}/ among {len(seen)} read")
+        return None
 
 
 def test_kernel_logs_the_segfault_in_the_shim(f_host):
@@ -399,12 +421,17 @@ def test_kernel_logs_the_segfault_in_the_shim(f_host):
     host = f_host
     host.add_model("kmsg:latest")
     server = host.servers[-1]
-    runner = server.load_model("kmsg:latest")
     fd = _kmsg()
     try:
-        server.crash_runner("kmsg:latest", mode="sigsegv", library="libvgpu-cuda.so")
-        _kmsg_wait(fd, rf"ollama\[{runner.pid}\]: segfault at 0 ip [0-9a-f]+ sp [0-9a-f]+ "
-                       r"error \d+ in libvgpu-cuda\.so\[")
+        # The kernel rate-limits these records (printk_ratelimit, shared with every other
+        # crashing process on the machine): try again once the interval has passed.
+        for _ in range(3):
+            runner = server.load_model("kmsg:latest")
+            server.crash_runner("kmsg:latest", mode="sigsegv", library="libvgpu-cuda.so")
+            if _kmsg_wait(fd, rf"ollama\[{runner.pid}\]: segfault at 0 ip [0-9a-f]+ "
+                              r"sp [0-9a-f]+ error \d+ in libvgpu-cuda\.so\[", timeout=3):
+                return
+        pytest.fail("no kernel segfault record for three crashes")
     finally:
         os.close(fd)
 
@@ -421,7 +448,8 @@ def test_oom_in_a_memory_cgroup_is_a_real_oom_kill(f_host):
         dead = server.crash_runner("oomkill:latest", mode="oom", memory_limit=96 << 20)
         assert os.WIFSIGNALED(dead.wait_status)
         assert os.WTERMSIG(dead.wait_status) == signal.SIGKILL
-        _kmsg_wait(fd, rf"Memory cgroup out of memory: Killed process {runner.pid} \(ollama\)")
+        assert _kmsg_wait(fd, rf"Memory cgroup out of memory: Killed process {runner.pid} "
+                              r"\(ollama\)")  # not rate-limited
     finally:
         os.close(fd)
 
@@ -557,6 +585,35 @@ def test_journal_renderings(era_host):
     assert entries[0]["_PID"] == str(server.pid)
     assert entries[0]["MESSAGE"] == plain[0]
     assert all(isinstance(e["__REALTIME_TIMESTAMP"], str) for e in entries)
+
+
+def test_vgpumon_config_points_into_the_host(era_host):
+    host, server, _ = era_host
+    cfg = host.vgpumon_config(listen="127.0.0.1:1", interval="1s", ollama={"timeout": "1s"})
+    assert cfg["listen"] == "127.0.0.1:1" and cfg["interval"] == "1s"
+    assert cfg["ollama"]["timeout"] == "1s" and cfg["ollama"]["url"] == server.url
+    assert cfg["ollama"]["log"] == {"file": str(host.log_file)}
+    for lib in cfg["libraries"].values():
+        assert "path" not in lib or os.path.isfile(lib["path"])
+    assert cfg["links"], "every era has the /usr/lib64 links"
+    for link in cfg["links"]:
+        assert os.path.realpath(link["path"]) == link["target"]
+    ggml = cfg["libraries"]["ggml-cuda"]
+    assert (ggml.get("path") == str(host.ggml_cuda)
+            or fnmatch.fnmatch(host.ggml_cuda.name, ggml["name"]))
+
+
+def test_host_without_shim_links(simhost):
+    host = simhost(era="F", shim_links=False)
+    host.add_model(MODEL)
+    server = host.start_server(preload_shims=False, probes=False)
+    runner = server.load_model(MODEL)
+    assert runner.maps_library(str(host.real_driver))
+    assert not any("libvgpu-" in p for p in runner.mapped_paths())
+    assert os.readlink(host.lib64 / "libcuda.so.1") == host.real_driver.name
+    assert [str(p) for p, _ in host.links()][2:] == [
+        str(host.cuda_dir / "libcuda.so.1"), str(host.cuda_dir / "libcudart.so.12.8.90")]
+    assert not os.path.lexists(host.cuda_dir / "libcuda.so.1")  # reported missing
 
 
 @pytest.mark.parametrize("era", ["A", "B", "D2"])

@@ -66,7 +66,7 @@ def _common(shim_links: bool) -> list[Entry]:
     return out
 
 
-def _bundled_cuda_12(directory: str, cudart: str, shim_links: bool) -> list[Entry]:
+def _bundled_cuda_12(directory: str, cudart: str, cublas: str, shim_links: bool) -> list[Entry]:
     """cudart + cublas + cublasLt as Ollama bundles them; cudart may be a link to the shim."""
     out: list[Entry] = []
     if shim_links and directory.endswith("cuda_v12"):
@@ -75,9 +75,9 @@ def _bundled_cuda_12(directory: str, cudart: str, shim_links: bool) -> list[Entr
                 Link(f"{directory}/libcuda.so.1", f"/{LIB64}/libvgpu-cuda.so")]
     else:
         out += _versioned(directory, "libcudart.so.12", cudart, LibSpec("libcudart.so.12"))
-    out += _versioned(directory, "libcublas.so.12", "8.4.1",
+    out += _versioned(directory, "libcublas.so.12", cublas,
                       LibSpec("libcublas.so.12", ("libcublasLt.so.12",), "$ORIGIN"))
-    out += _versioned(directory, "libcublasLt.so.12", "8.4.1", LibSpec("libcublasLt.so.12"))
+    out += _versioned(directory, "libcublasLt.so.12", cublas, LibSpec("libcublasLt.so.12"))
     return out
 
 
@@ -96,13 +96,13 @@ def entries(era: Era, shim_links: bool = True) -> list[Entry]:
                 Lib(f"{cuda}/libcublas.so.11", LibSpec("libcublas.so.11")),
                 Lib(f"{cpu}/libext_server.so", LibSpec("libext_server.so"))]
     elif era.name == "C":
-        out += _bundled_cuda_12(LIB_OLLAMA, "4.127", shim_links)
+        out += _bundled_cuda_12(LIB_OLLAMA, "4.127", "4.5.8", shim_links)
         for d, ggml in ((cuda, LibSpec("libggml.so", CUDA_NEEDED, "$ORIGIN")),
                         (cpu, LibSpec("libggml.so"))):
             out += [Exe(f"{d}/ollama_llama_server"), Lib(f"{d}/libggml.so", ggml),
                     Lib(f"{d}/libllama.so", LibSpec("libllama.so", ("libggml.so",), "$ORIGIN"))]
     elif era.name in ("D1", "D2"):
-        out += _bundled_cuda_12(LIB_OLLAMA, "4.127", shim_links)
+        out += _bundled_cuda_12(LIB_OLLAMA, "4.127", "4.5.8", shim_links)
         out += [Exe(f"{cuda}/ollama_llama_server"),
                 Lib(f"{cuda}/libggml_cuda_v12.so",
                     LibSpec("libggml_cuda_v12.so", CUDA_NEEDED, "$ORIGIN"))]
@@ -114,7 +114,7 @@ def entries(era: Era, shim_links: bool = True) -> list[Entry]:
         for variant in ("x64", "haswell"):
             out.append(Lib(f"{LIB_OLLAMA}/libggml-cpu-{variant}.so",
                            LibSpec(f"libggml-cpu-{variant}.so", (base,), "$ORIGIN")))
-        out += _bundled_cuda_12(cuda, "8.90", shim_links)
+        out += _bundled_cuda_12(cuda, "8.90", "8.4.1", shim_links)
         out.append(Lib(f"{cuda}/libggml-cuda.so",
                        LibSpec("libggml-cuda.so", (base, "libcudart.so.12", "libcublas.so.12",
                                                    "libcublasLt.so.12", "libcuda.so.1"),
