@@ -24,7 +24,7 @@ __all__ = ["DoctorOptions", "Report", "build_report", "diagnose"]
 
 def diagnose(config: Config, options: DoctorOptions | None = None) -> Report:
     """Gather the host's facts and run every check on them."""
-    return build_report(gather(config, options or DoctorOptions()))
+    return build_report(gather(config, options))
 
 
 def build_report(ctx: DoctorContext) -> Report:

@@ -189,7 +189,9 @@ class DoctorContext:
 # -- gathering ----------------------------------------------------------------------------------
 
 
-def gather(config: Config, options: DoctorOptions = DoctorOptions()) -> DoctorContext:
+def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContext:
+    """Read everything once; with ``options.load_model``, load that model first."""
+    options = options or DoctorOptions()
     problems: list[str] = []
 
     def step(name: str, action: Callable[[], T], default: T) -> T:
