@@ -75,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="print the JSON lines as they are")
     events.set_defaults(func=cmd_events)
 
+    doctor = commands.add_parser(
+        "doctor", parents=[config_option],
+        help="investigate the host once: shims, libraries, Ollama, its log; report and exit",
+        description="Check the vGPU shims, Ollama's processes, environment, libraries and log "
+                    "in one go. Exit status: 0 nothing failed, 1 something failed, 2 the "
+                    "doctor could not run (bad config).")
+    doctor.add_argument("--json", action="store_true", help="print the report as one JSON "
+                        "document")
+    doctor.add_argument("--load-model", metavar="NAME",
+                        help="ask Ollama to load model NAME (an empty prompt, keep_alive 30s) "
+                             "and check the runner it starts; this changes the host's state")
+    doctor.add_argument("--load-timeout", metavar="SECONDS", type=float, default=180.0,
+                        help="how long --load-model waits for Ollama (default: 180)")
+    doctor.add_argument("--no-load-test", dest="load_test", action="store_false",
+                        help="do not dlopen the CUDA backend in a child process (that runs "
+                             "the constructors of the library and of the preloaded shims)")
+    doctor.set_defaults(func=cmd_doctor)
+
     replay = commands.add_parser(
         "replay", help="print the timeline of an Ollama server log (post-mortems)",
         description="Read an Ollama server log (plain, journalctl -o short, or "
@@ -185,6 +203,25 @@ def cmd_events(args: argparse.Namespace) -> int:
         return EXIT_OK
     return EXIT_OK
 
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vgpumon.doctor import DoctorOptions, diagnose
+    from vgpumon.doctor.render import render_json, render_text
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        if args.json:
+            print(json.dumps({"error": str(err), "exit_code": EXIT_CONFIG}))
+        print(f"vgpumon: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    options = DoctorOptions(load_test=args.load_test, load_model=args.load_model,
+                            load_timeout=args.load_timeout)
+    report = diagnose(config, options)
+    sys.stdout.write(render_json(report) if args.json else render_text(report))
+    sys.stdout.flush()
+    return report.exit_code
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

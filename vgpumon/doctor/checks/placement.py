@@ -1,0 +1,89 @@
+"""Placement: where this era maps the CUDA backend (server, runner, discovery probe), and where
+it is mapped now (facts/ollama.md §3.1)."""
+
+from __future__ import annotations
+
+from vgpumon.doctor.context import GGML_CUDA, RUNNER, SERVER, DoctorContext
+from vgpumon.doctor.eras import LATEST
+from vgpumon.doctor.privileges import is_permission_problem, needs, remedy
+from vgpumon.doctor.report import Check, fail, ok, skip, warn
+from vgpumon.doctor.text import listing
+
+TITLE = "Placement"
+CHECK = "placement.ggml_cuda"
+
+
+def checks(ctx: DoctorContext) -> list[Check]:
+    return [ggml_cuda(ctx)]
+
+
+def ggml_cuda(ctx: DoctorContext) -> Check:
+    if not any(s.name == GGML_CUDA for s in ctx.config.libraries):
+        return skip(CHECK, f"no library named {GGML_CUDA} in the config")
+    era = ctx.era or LATEST
+    holders = {}
+    for member in ctx.state.processes:
+        if member.libraries.mapped(GGML_CUDA):
+            holders.setdefault(member.process.group, []).append(member.process.pid)
+    where = [f"{group}: pid {listing([str(p) for p in pids])}" for group, pids in holders.items()]
+    expected = (f"{ctx.version or 'this version'} ({era.title}) maps {era.cuda_library} in "
+                + ("`ollama serve` itself" if era.cuda_holder == SERVER else "each model runner"
+                   + ", never in `ollama serve`"))
+    evidence = [expected, f"mapped now by: {listing(where) if where else 'no process'}"]
+    if era.cuda_holder == SERVER:
+        return _in_server(ctx, holders, evidence)
+    if SERVER in holders and era.name in ("E", "F", "G"):
+        return warn(CHECK, f"`ollama serve` (pid {holders[SERVER][0]}) maps {era.cuda_library}, "
+                    f"which {era.title} never does: the version or the process groups are not "
+                    "what they seem", "check ollama.version and the groups: in the config",
+                    evidence)
+    runners = ctx.runners
+    if not runners:
+        return ok(CHECK, f"no model runner runs, so {era.cuda_library} is mapped nowhere: "
+                  "expected until a model is loaded (--load-model NAME loads one)", evidence)
+    without, unreadable = [], []
+    for member in runners:
+        libs = member.libraries
+        if not libs.readable:
+            hint = f"; {needs('maps')}" if is_permission_problem(libs.error) else ""
+            unreadable.append(f"{ctx.runner_label(member.process)}: maps unreadable "
+                              f"({libs.error}){hint}")
+        elif not libs.mapped(GGML_CUDA):
+            without.append(ctx.runner_label(member.process))
+    if without:
+        return fail(CHECK, f"{without[0]} runs without {era.cuda_library}: its CUDA backend did "
+                    "not load, so the model runs on the CPU", _why_not_loaded(ctx),
+                    evidence + [f"without it: {w}" for w in without] + unreadable)
+    if unreadable:
+        return warn(CHECK, f"cannot tell whether the runners map {era.cuda_library}",
+                    remedy("maps"),
+                    evidence + unreadable)
+    return ok(CHECK, f"every model runner maps {era.cuda_library}, as {era.title} does",
+              evidence)
+
+
+def _why_not_loaded(ctx: DoctorContext) -> str:
+    test = ctx.load_test
+    if test is not None and test.ok:
+        return ("the backend loads in a test child with the runner's variables (loadtest.dlopen), "
+                "so the runner dropped it at run time (no device, CUDA init failed): see "
+                "log.cuda_errors; restart Ollama with OLLAMA_DEBUG=1 and load the model again to "
+                "see its backend scan")
+    return ("see libraries.dependencies and loadtest.dlopen for why the backend does not load "
+            "(Ollama 0.5.8 to 0.24 does not log that error)")
+
+
+def _in_server(ctx: DoctorContext, holders: dict[str, list[int]], evidence: list[str]) -> Check:
+    era = ctx.era or LATEST
+    if SERVER in holders:
+        return ok(CHECK, f"`ollama serve` maps {era.cuda_library}, as {era.title} does", evidence)
+    if RUNNER in holders:
+        return warn(CHECK, f"a runner maps {era.cuda_library}, which {era.title} has none of",
+                    "check ollama.version and the groups: in the config", evidence)
+    loaded = ctx.api.models if ctx.api is not None and ctx.api.up else ()
+    if loaded:
+        return fail(CHECK, f"{listing([m.name for m in loaded])} loaded, but `ollama serve` "
+                    f"does not map {era.cuda_library}: it runs on the CPU",
+                    "see libraries.dependencies and loadtest.dlopen", evidence)
+    return ok(CHECK, f"no model loaded: `ollama serve` maps {era.cuda_library} only after the "
+              "first load", evidence)

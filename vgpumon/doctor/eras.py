@@ -1,0 +1,116 @@
+"""Ollama's eras (facts/ollama.md §1, §3): what a version maps where, and how its runners find
+their libraries. Pure data and functions; the one place the doctor asks "what does this
+version do".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+RUNNER = "runner"
+SERVER = "server"
+
+
+@dataclass(frozen=True)
+class Era:
+    name: str
+    first: str
+    last: str
+    cuda_holder: str  # which process maps the CUDA backend: "runner" or "server"
+    cuda_library: str  # the file that holds ggml's CUDA code in this era
+    cuda_globs: tuple[str, ...]  # where it lives; {lib} = <prefix>/lib/ollama, {tmp} = $TMPDIR
+    server_gpu: str  # what `ollama serve` itself maps
+    discovery: str  # who discovers GPUs
+
+    @property
+    def versions(self) -> str:
+        last = self.last.replace(".99", ".x")
+        return f"up to {last}" if self.name == "A" else f"{self.first} to {last}"
+
+    @property
+    def title(self) -> str:
+        return f"era {self.name} ({self.versions})"
+
+
+ERAS = (
+    Era("A", "0.0.0", "0.1.17", RUNNER, "libcudart.so.11.0",
+        ("{tmp}/ollama*/llama.cpp/*/build/cuda/bin/libcudart.so*",),
+        "nothing GPU", "the server (nvidia-smi)"),
+    Era("B", "0.1.18", "0.1.31", SERVER, "libext_server.so",
+        ("{tmp}/ollama*/cuda_v*/libext_server.so",),
+        "libext_server.so, cudart, cublas and libcuda.so.1 after the first load",
+        "the server"),
+    Era("C", "0.1.32", "0.3.14", RUNNER, "libggml.so",
+        ("{tmp}/ollama*/runners/cuda_v*/libggml.so",),
+        "libcuda.so.* briefly during discovery", "the server (dlopen/dlclose)"),
+    Era("D1", "0.4.0", "0.5.1", RUNNER, "libggml_cuda_v12.so",
+        ("{tmp}/ollama*/runners/cuda_v*/libggml_cuda_v1*.so",),
+        "libcuda.so.* during discovery and before loads", "the server (dlopen/dlclose)"),
+    Era("D2", "0.5.2", "0.5.7", RUNNER, "libggml_cuda_v12.so",
+        ("{lib}/runners/cuda_v*/libggml_cuda_v1*.so",),
+        "libcuda.so.* during discovery and before loads", "the server (dlopen/dlclose)"),
+    Era("E", "0.5.8", "0.12.3", RUNNER, "libggml-cuda.so",
+        ("{lib}/cuda_v*/libggml-cuda.so",),
+        "libcuda.so.* during discovery and before each load", "the server (dlopen/dlclose)"),
+    Era("F", "0.12.4", "0.24.99", RUNNER, "libggml-cuda.so",
+        ("{lib}/cuda_v*/libggml-cuda.so",),
+        "nothing GPU", "probe runners (`ollama runner` without --model)"),
+    Era("G", "0.30.0", "0.33.99", RUNNER, "libggml-cuda.so",
+        ("{lib}/cuda_v*/libggml-cuda.so",),
+        "nothing GPU", "probes (`llama-server`, `ollama gpu-discover`)"),
+)
+LATEST = ERAS[-1]
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+].*)?")
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    m = _VERSION.fullmatch(text.strip())
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def era_of(version: str | None) -> Era | None:
+    """The era of a release version; None for unparseable versions and source builds
+    (``0.0.0``), whose behaviour the version does not tell."""
+    if not version:
+        return None
+    parsed = parse_version(version)
+    if parsed is None or parsed == (0, 0, 0):
+        return None
+    for era in reversed(ERAS):
+        # Versions between two eras and newer than the facts behave like the era before.
+        if parsed >= parse_version(era.first):  # type: ignore[operator]
+            return era
+    return None
+
+
+def at_least(version: str | None, minimum: str) -> bool:
+    parsed = parse_version(version or "")
+    return parsed is not None and parsed >= parse_version(minimum)  # type: ignore[operator]
+
+
+def runner_environment(era: Era, version: str | None, server_env: Mapping[str, str],
+                       lib_dir: str, cuda_dir: str | None) -> dict[str, str]:
+    """The relevant variables a model runner of `era` gets from the server (facts §3.4):
+    the server's own, with the era's library dirs in front of ``LD_LIBRARY_PATH`` and
+    ``OLLAMA_LIBRARY_PATH``/``GGML_BACKEND_PATH`` as Ollama sets them."""
+    env = dict(server_env)
+    inherited = env.get("LD_LIBRARY_PATH")
+    if era.name == "E":
+        dirs = [d for d in (cuda_dir, lib_dir) if d]
+    elif era.name in ("F", "G"):
+        dirs = [d for d in (lib_dir, cuda_dir) if d]
+    elif era.name == "B":
+        dirs = []  # the server loads the backend itself: its own environment is the one
+    else:
+        dirs = [cuda_dir] if cuda_dir else []
+    if dirs:
+        env["LD_LIBRARY_PATH"] = ":".join(dirs + ([inherited] if inherited else []))
+    if era.name in ("E", "F") and cuda_dir and at_least(version, "0.6.7"):
+        env["OLLAMA_LIBRARY_PATH"] = ":".join([lib_dir, cuda_dir])
+    if era.name == "G" and cuda_dir and "GGML_BACKEND_PATH" not in env:
+        env["GGML_BACKEND_PATH"] = f"{cuda_dir}/libggml-cuda.so"
+    return env

@@ -1,0 +1,89 @@
+"""Ollama's server log as events, read once: the followers' `catch_up` for the lines, the
+daemon's parser and interpreter for the events."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+
+from vgpumon.config import OllamaLogSpec
+from vgpumon.doctor.privileges import Privileges, is_permission_problem, needs
+from vgpumon.events import Event
+from vgpumon.ollama.interpret import LogInterpreter
+from vgpumon.ollama.replay import JSON, PLAIN, records_of_line
+from vgpumon.sources.ollama_log import FileFollower, JournalFollower
+
+
+@dataclass(frozen=True)
+class LogReadout:
+    """What the doctor got from the log: `events` in log order, or why not."""
+
+    source: str  # "journal unit ollama.service", "file /var/log/ollama.log", "" (disabled)
+    since: float
+    lines: int = 0
+    events: tuple[Event, ...] = ()
+    error: str | None = None  # the log could not be read
+    limited: str | None = None  # read, but possibly not all of it (privilege)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.source)
+
+    def since_ts(self, ts: float) -> tuple[Event, ...]:
+        return tuple(e for e in self.events if e.ts >= ts)
+
+
+def read_log(spec: OllamaLogSpec, since: float, privileges: Privileges,
+             journalctl: str = "journalctl") -> LogReadout:
+    if spec.journal_unit:
+        return _read_journal(spec.journal_unit, since, privileges, journalctl)
+    if spec.file:
+        return _read_file(spec.file, since)
+    return LogReadout("", since)
+
+
+def _read_journal(unit: str, since: float, privileges: Privileges,
+                  journalctl: str) -> LogReadout:
+    source = f"journal unit {unit}"
+    if shutil.which(journalctl) is None:
+        return LogReadout(source, since, error=f"{journalctl} not found")
+    limited = None
+    if not privileges.can_read_journal:
+        limited = (f"not root and not in group systemd-journal or adm: journalctl shows only "
+                   f"this user's entries; {needs('journal')}")
+    lines = list(JournalFollower(unit, journalctl).catch_up(since))
+    events = interpret(lines, JSON)
+    return LogReadout(source, since, len(lines), events, None, limited)
+
+
+def _read_file(path: str, since: float) -> LogReadout:
+    source = f"file {path}"
+    follower = FileFollower(path)
+    try:
+        error = follower.error
+        lines = [] if error else list(follower.catch_up(since))
+    finally:
+        with contextlib.suppress(OSError):
+            follower.close()
+    if error:
+        if is_permission_problem(error):
+            error += f"; {needs('file')}"
+        return LogReadout(source, since, error=error)
+    return LogReadout(source, since, len(lines), interpret(lines, PLAIN))
+
+
+def interpret(lines: list[bytes], log_format: str) -> tuple[Event, ...]:
+    """The events of `lines` (one log, in order), with the daemon's interpreter."""
+    local_tz = datetime.now().astimezone().tzinfo
+    interpreter = LogInterpreter()
+    events: list[Event] = []
+    clock = 0.0
+    for line in lines:
+        for record in records_of_line(line, log_format, local_tz) or ():
+            ts = record.ts if record.ts is not None else record.transport_ts
+            clock = ts if ts is not None else clock
+            events += interpreter.feed(record, clock)
+    events += interpreter.flush(clock)
+    return tuple(events)
