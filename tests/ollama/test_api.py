@@ -155,3 +155,34 @@ def test_ps_no_models(body):
 def test_ps_rejects(body):
     with pytest.raises(ApiFormatError):
         parse_ps(body)
+
+
+def test_poll_counts_an_ollama_without_api_ps_as_up():
+    """Ollama before 0.1.38 answers /api/version but has no /api/ps (404)."""
+    import http.server
+    import threading
+
+    from vgpumon.sources.ollama_api import poll
+
+    class OldOllama(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/api/version":
+                body = b'{"version":"0.1.30"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state = poll(f"http://127.0.0.1:{server.server_address[1]}", 2.0, 0.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state.up and state.version == "0.1.30" and state.models == ()

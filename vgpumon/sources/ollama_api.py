@@ -30,6 +30,14 @@ class ApiUnavailable(Exception):
     """Ollama did not answer in time, refused, or answered with an HTTP error."""
 
 
+class HttpStatus(ApiUnavailable):
+    """Ollama answered with an HTTP status other than 200."""
+
+    def __init__(self, path: str, status: int, reason: str):
+        super().__init__(f"GET {path}: HTTP {status} {reason}")
+        self.status = status
+
+
 @dataclass(frozen=True)
 class OllamaApiState:
     """The API as of `checked_at`. `up` means both endpoints answered with valid JSON."""
@@ -56,7 +64,7 @@ def fetch(url: str, path: str, timeout: float) -> bytes:
         _check_deadline(deadline, connection)
         response = connection.getresponse()
         if response.status != 200:
-            raise ApiUnavailable(f"GET {path}: HTTP {response.status} {response.reason}")
+            raise HttpStatus(path, response.status, response.reason)
         chunks, size = [], 0
         while True:
             _check_deadline(deadline, connection)
@@ -87,13 +95,22 @@ def poll(url: str, timeout: float, now: float) -> OllamaApiState:
     started = time.monotonic()
     try:
         version = parse_version(fetch(url, "/api/version", timeout))
-        models = parse_ps(fetch(url, "/api/ps", timeout))
+        models = _loaded_models(url, timeout)
     except ApiUnavailable as err:
         return OllamaApiState(now, False, error=str(err), duration=time.monotonic() - started)
     except ApiFormatError as err:
         return OllamaApiState(now, False, error=f"unexpected answer: {err}", garbled=True,
                               duration=time.monotonic() - started)
     return OllamaApiState(now, True, version, models, duration=time.monotonic() - started)
+
+
+def _loaded_models(url: str, timeout: float) -> tuple[LoadedModel, ...]:
+    try:
+        return parse_ps(fetch(url, "/api/ps", timeout))
+    except HttpStatus as err:
+        if err.status == 404:
+            return ()  # Ollama before 0.1.38 has no /api/ps: up, models unknown
+        raise
 
 
 class OllamaApiPoller:
