@@ -165,7 +165,7 @@ def test_poll_counts_an_ollama_without_api_ps_as_up():
     from vgpumon.sources.ollama_api import poll
 
     class OldOllama(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/api/version":
                 body = b'{"version":"0.1.30"}'
                 self.send_response(200)
