@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from vgpumon import events as ev
 from vgpumon.daemon import Daemon
 from vgpumon.events import Event
 from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence, ExitClassifier
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 # A runner that loads a library produces a burst of IN_OPEN events; re-read maps at most this
 # often (the first event is handled at once, the rest of the burst once more at the end).
 MAPS_REFRESH_MIN_GAP = 0.05
+# When to read a new process's maps again after it was first seen (seconds).
+NEW_PROCESS_MAPS_READS = (0.05, 0.25, 1.0, 3.0)
+# Opening these device files is what creating a CUDA context looks like to inotify. Watched
+# only on hosts with NVIDIA devices: /dev is busy (every /dev/null open is an event).
+GPU_DEVICE_DIR = "/dev"
+GPU_DEVICE_PATTERN = "nvidia*"
+GPU_DEVICE_PRESENT = "/dev/nvidiactl"
 # How long to keep asking a pidfd for the exit status before settling for "unknown".
 PIDFD_STATUS_RETRY = 0.01
 PIDFD_STATUS_PATIENCE = 1.0
@@ -151,16 +159,34 @@ class EventSources:
         library_dirs |= observer.mapped_library_dirs()
         patterns = [spec.glob for spec in config.libraries if spec.glob]
         patterns += [os.path.basename(p) for p in related]
+        if os.path.exists(GPU_DEVICE_PRESENT):
+            library_dirs.add(GPU_DEVICE_DIR)
+            patterns.append(GPU_DEVICE_PATTERN)
         self._fs.set_plan(plan_watches(links, related, library_dirs, patterns))
         self._server_pid = observer.server().pid if observer.server() else None
 
     def _on_events(self, events: list[Event]) -> None:
-        """A new or gone server moves the server view: re-arm the watches at once."""
+        """Follow up on new processes; re-arm the watches when the server changed."""
+        for event in events:
+            if event.kind == ev.PROCESS_STARTED:
+                self._follow_new_process(event.get("pid"))
         if self._fs is None:
             return
         server = self.daemon.observer.server()
         if (server.pid if server else None) != self._server_pid:
             self.daemon.health.run("inotify", time.time(), self._arm_fswatch)
+
+    def _follow_new_process(self, pid: int) -> None:
+        """Re-read a new process's maps a few times: at exec the loader has not mapped its
+        libraries yet, and a runner dlopens its GPU backend and creates its CUDA context
+        within seconds, in directories no watch may cover."""
+        for delay in NEW_PROCESS_MAPS_READS:
+            self.daemon.call_later(delay, lambda: self._reread(pid))
+
+    def _reread(self, pid: int) -> None:
+        observer = self.daemon.observer
+        if any(p.pid == pid for p in observer.tracked()):
+            self.daemon.apply(observer.refresh_maps(time.time(), frozenset({pid})))
 
     def _sync_pidfds(self) -> None:
         assert self._pidfds is not None

@@ -191,3 +191,22 @@ def test_events_are_written_to_the_event_log(host, tmp_path):
         daemon.stop()
     lines = events_file.read_text().splitlines()
     assert any('"kind":"shim_link_changed"' in line for line in lines)
+
+
+def test_libraries_of_a_new_process_are_read_again_soon_without_any_watch(host, tmp_path):
+    """No link, path library or watch_dirs entry covers the runner's library directory: the
+    reads that follow a process start still see what it loads in its first seconds."""
+    server = host.start_server()
+    config = host_config(host, interval="60s", links=[], watch_dirs=[])
+    config["libraries"] = {"ggml-cuda": {"name": "libggml-cuda.so*"}}
+    config["shims"] = []
+    for group in config["groups"].values():
+        group["expect"] = []
+    daemon = Vgpumon(config, tmp_path)
+    try:
+        runner = server.load_model(MODEL, scenario="late_load", delay=0.5)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        daemon.wait_value("vgpumon_processes_with_library", 1, timeout=10, group="runner",
+                          library="ggml-cuda")
+    finally:
+        daemon.stop()
