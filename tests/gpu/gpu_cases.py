@@ -125,7 +125,7 @@ def run_case(case: Case, out: Path, port: int) -> None:
                                   preexec_fn=no_core_dumps)
     try:
         if case.expect_crash:
-            server.wait(timeout=90)
+            server.wait(timeout=60)
         else:
             ready = health(port, server.pid)
             case.check("llama-server became ready", ready)
@@ -205,22 +205,43 @@ def check_offload(case: Case, daemon: Vgpumon, log: Path, expect_all: bool | Non
         case.check("model_gpu_layers < model_layers", got[0] < got[1], got)
 
 
-def common_running(case: Case, daemon: Vgpumon) -> dict:
-    m = metrics_of(daemon)
-    case.check("runner present", value(m, "vgpumon_processes", group="runner") == 1)
-    case.check("ggml-cuda mapped", value(m, "vgpumon_processes_with_library", group="runner",
-                                         library="ggml-cuda") == 1)
-    return m
+def expect(case: Case, daemon: Vgpumon, what: str, name: str, wanted: float,
+           timeout: float = 10, **labels: str) -> None:
+    """Check that the metric reaches `wanted` (it may take a refresh or an event to get
+    there: a CUDA context is created, a library dlopened, after the process started)."""
+    def reached() -> bool:
+        return value(metrics_of(daemon), name, **labels) == wanted
+
+    try:
+        wait_for(reached, timeout, interval=0.1, message=what)
+        case.check(what, True)
+    except AssertionError:
+        case.check(what, False, f"{name}{labels} = "
+                                f"{value(metrics_of(daemon), name, **labels)}, wanted {wanted}")
+
+
+def common_running(case: Case, daemon: Vgpumon) -> None:
+    expect(case, daemon, "runner present", "vgpumon_processes", 1, group="runner")
+    expect(case, daemon, "ggml-cuda mapped", "vgpumon_processes_with_library", 1,
+           group="runner", library="ggml-cuda")
 
 
 def eval_full(case, daemon, d, log, server):
-    m = common_running(case, daemon)
+    common_running(case, daemon)
     check_offload(case, daemon, log, expect_all=True)
-    case.check("holds a CUDA context (/dev/nvidia* mapped)",
-               value(m, "vgpumon_processes_with_gpu_device", group="runner") == 1)
-    case.check("no shim: bypassing_shim == 1",
-               value(m, "vgpumon_processes_bypassing_shim", group="runner") == 1)
-    used = value(m, "vgpumon_process_gpu_memory_bytes", group="runner")
+    expect(case, daemon, "holds a CUDA context (/dev/nvidia* mapped)",
+           "vgpumon_processes_with_gpu_device", 1, group="runner")
+    expect(case, daemon, "no shim: bypassing_shim == 1", "vgpumon_processes_bypassing_shim",
+           1, group="runner")
+
+    def memory() -> float | None:
+        used = value(metrics_of(daemon), "vgpumon_process_gpu_memory_bytes", group="runner")
+        return used if used else None
+
+    try:
+        used = wait_for(memory, 15, interval=0.2, message="NVML memory")
+    except AssertionError:
+        used = None
     case.check("NVML: runner GPU memory > 0", used is not None and used > 0, used)
 
 
@@ -237,13 +258,13 @@ def eval_cpu(case, daemon, d, log, server):
 
 
 def eval_no_visible_gpu(case, daemon, d, log, server):
-    m = metrics_of(daemon)
-    case.check("ggml-cuda mapped", value(m, "vgpumon_processes_with_library", group="runner",
-                                         library="ggml-cuda") == 1)
-    case.check("real driver mapped", value(m, "vgpumon_processes_with_library",
-                                           group="runner", library="cuda-driver") == 1)
-    case.check("but no CUDA context (no /dev/nvidia* mapping)",
-               value(m, "vgpumon_processes_with_gpu_device", group="runner") == 0)
+    expect(case, daemon, "ggml-cuda mapped", "vgpumon_processes_with_library", 1,
+           group="runner", library="ggml-cuda")
+    expect(case, daemon, "real driver mapped", "vgpumon_processes_with_library", 1,
+           group="runner", library="cuda-driver")
+    time.sleep(3)  # give a CUDA context time to appear, so its absence means something
+    expect(case, daemon, "but no CUDA context (no /dev/nvidia* mapping)",
+           "vgpumon_processes_with_gpu_device", 0, group="runner")
     try:
         event = daemon.wait_event("cuda_init_failed", timeout=10)
     except AssertionError:
@@ -252,24 +273,23 @@ def eval_no_visible_gpu(case, daemon, d, log, server):
 
 
 def eval_preload(case, daemon, d, log, server):
-    m = common_running(case, daemon)
-    case.check("shim mapped (LD_PRELOAD)", value(m, "vgpumon_processes_with_library",
-                                                 group="runner", library="vgpu-cuda") == 1)
-    case.check("not bypassing", value(m, "vgpumon_processes_bypassing_shim", group="runner") == 0)
+    common_running(case, daemon)
+    expect(case, daemon, "shim mapped (LD_PRELOAD)", "vgpumon_processes_with_library", 1,
+           group="runner", library="vgpu-cuda")
+    expect(case, daemon, "not bypassing", "vgpumon_processes_bypassing_shim", 0,
+           group="runner")
 
 
 def eval_symlink(case, daemon, d, log, server):
-    m = common_running(case, daemon)
-    case.check("shim mapped (through libcuda.so.1 -> libvgpu-cuda.so)",
-               value(m, "vgpumon_processes_with_library", group="runner",
-                     library="vgpu-cuda") == 1)
-    case.check("real driver mapped too (the shim forwards to it)",
-               value(m, "vgpumon_processes_with_library", group="runner",
-                     library="cuda-driver") == 1)
-    case.check("not bypassing", value(m, "vgpumon_processes_bypassing_shim", group="runner") == 0)
-    case.check("link state ok", value(m, "vgpumon_shim_link_state",
-                                      path=str(SHIM / "sym" / "libcuda.so.1"), state="ok",
-                                      view="host") == 1)
+    common_running(case, daemon)
+    expect(case, daemon, "shim mapped (through libcuda.so.1 -> libvgpu-cuda.so)",
+           "vgpumon_processes_with_library", 1, group="runner", library="vgpu-cuda")
+    expect(case, daemon, "real driver mapped too (the shim forwards to it)",
+           "vgpumon_processes_with_library", 1, group="runner", library="cuda-driver")
+    expect(case, daemon, "not bypassing", "vgpumon_processes_bypassing_shim", 0,
+           group="runner")
+    expect(case, daemon, "link state ok", "vgpumon_shim_link_state", 1,
+           path=str(SHIM / "sym" / "libcuda.so.1"), state="ok", view="host")
 
 
 def eval_kill_segv(case, daemon, d, log, server):
@@ -280,8 +300,8 @@ def eval_kill_segv(case, daemon, d, log, server):
     event = daemon.wait_event("process_exited", timeout=10, match=lambda e: e["pid"] == pid)
     case.check("one crash: reason crash, signal SIGSEGV",
                (event["reason"], event.get("signal")) == ("crash", "SIGSEGV"), event)
-    daemon.wait_value("vgpumon_process_crashes_total", 1, timeout=5, group="runner")
-    case.check("crashes_total == 1", True)
+    expect(case, daemon, "crashes_total == 1", "vgpumon_process_crashes_total", 1,
+           group="runner")
 
 
 def eval_shim_crash(case, daemon, d, log, server):
