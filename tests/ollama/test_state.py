@@ -77,3 +77,27 @@ def test_ollama_blob_path_in_the_loader_line_is_keyed_by_its_digest():
     facts = OllamaFacts()
     facts.apply(events)
     assert facts.offload()[BLOB].gpu_layers == 2
+
+
+# Lines from the real llama-server (llama.cpp of llama-cpp-python 0.3.36, -lv 4) on an H100,
+# with llama.cpp's own prefix (tests/gpu/RESULTS.md).
+REAL_LLAMA_SERVER = [
+    "0.00.240.903 I llama_model_loader: loaded meta data with 23 key-value pairs and 39 "
+    "tensors from /work/main/rig/src/tiny.gguf (version GGUF V3 (latest))",
+    "0.00.271.513 I load_tensors: offloaded 2/5 layers to GPU",
+]
+
+
+def test_real_llama_server_lines_with_llama_cpp_prefix():
+    interpreter = LogInterpreter()
+    events = []
+    for line in REAL_LLAMA_SERVER:
+        events += interpreter.feed(parse_line(line), 1.0)
+    facts = OllamaFacts()
+    facts.apply(events)
+    offload = facts.offload()["/work/main/rig/src/tiny.gguf"]
+    assert (offload.gpu_layers, offload.total_layers) == (2, 5)
+    failed = interpreter.feed(parse_line(
+        "0.00.012.163 E ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is "
+        "detected"), 1.0)
+    assert [e.kind for e in failed] == [ev.CUDA_INIT_FAILED]
