@@ -10,12 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-CLEAN = "clean"
-STOPPED = "stopped"
-ERROR = "error"
-CRASH = "crash"
-OOM = "oom"
-UNKNOWN = "unknown"
+from vgpumon.exits import (  # noqa: F401 - the reasons, re-exported for this module's users
+    CLEAN,
+    CRASH,
+    CRASH_SIGNALS,
+    ERROR,
+    OOM,
+    STOP_SIGNALS,
+    STOPPED,
+    UNKNOWN,
+)
 
 # Go's signal names (syscall.Signal.String on Linux) → number.
 SIGNAL_NUMBERS = {
@@ -55,8 +59,6 @@ SIGNAL_NAMES = {
     31: "SIGSYS",
 }
 SIGNAL_BY_NAME = {name: number for number, name in SIGNAL_NAMES.items()}
-CRASH_SIGNALS = frozenset({4, 5, 6, 7, 8, 11, 31})  # ILL TRAP ABRT BUS FPE SEGV SYS
-STOP_SIGNALS = frozenset({2, 9, 15})  # INT KILL TERM: how Ollama (or an operator) stops one
 
 # Windows NTSTATUS exit codes that mean the process faulted.
 _NTSTATUS_CRASHES = frozenset({0xC0000005, 0xC000001D, 0xC0000409, 0xC0000094, 0xC00000FD})
@@ -74,7 +76,8 @@ _GGML_ABORT_TEXT = re.compile(r"GGML_ASSERT|CUDA error|ROCm error")
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How a process ended, as far as a text or a wait status tells."""
+    """How a process ended, as far as a text or a wait status tells (with its reason; the
+    daemon's `vgpumon.exits.ExitStatus` is the bare wait status)."""
 
     reason: str
     exit_code: int | None = None
