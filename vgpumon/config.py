@@ -20,6 +20,7 @@ import yaml
 from vgpumon.durations import parse_duration
 
 VIEWS = ("host", "server")
+EXIT_WATCH_MECHANISMS = ("auto", "proc_connector", "pidfd", "poll")
 
 
 class ConfigError(Exception):
@@ -161,6 +162,7 @@ class Config:
     events: EventsSpec = field(default_factory=EventsSpec)
     watch_dirs: tuple[str, ...] = ()
     nvml: str = "auto"
+    exit_watch: str = "auto"
     web_config_file: str | None = None
     source: str = ""
 
@@ -378,6 +380,7 @@ class _Validator:
             events=self.events(top.get("events")),
             watch_dirs=self.get(top, "watch_dirs", (), self.path_list),
             nvml=self.get(top, "nvml", "auto", self.switch),
+            exit_watch=self.get(top, "exit_watch", "auto", self.exit_watch),
             web_config_file=self.get(top, "web_config_file", None, self.optional_path),
             source=self._source,
         )
@@ -392,6 +395,12 @@ class _Validator:
         if value is None or value == "":
             return None
         return self.absolute_path(value, path)
+
+    def exit_watch(self, value: Any, path: str) -> str:
+        if value not in EXIT_WATCH_MECHANISMS:
+            raise self.error(path, f"expected one of {', '.join(EXIT_WATCH_MECHANISMS)}, "
+                                   f"got {_type_name(value)}")
+        return value
 
     def switch(self, value: Any, path: str) -> str:
         if isinstance(value, bool):
@@ -555,7 +564,8 @@ class _Validator:
 
 _TOP_KEYS = (
     "listen", "interval", "procfs", "rootfs", "libraries", "shims", "links", "groups",
-    "crash_loop", "ollama", "events", "watch_dirs", "nvml", "web_config_file",
+    "crash_loop", "ollama", "events", "watch_dirs", "nvml", "exit_watch",
+    "web_config_file",
 )
 
 

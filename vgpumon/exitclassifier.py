@@ -14,7 +14,7 @@ crash PC of a Go trace in the maps cached while the process lived.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vgpumon import events as ev
 from vgpumon import exits
@@ -49,6 +49,10 @@ class Evidence:
     reason: str | None = None
     crash_signal: str | None = None
     message: str | None = None
+    # For evidence without a PID that reports an exit after the fact (Ollama's "runner
+    # terminated" lines come when Ollama next talks to the runner, maybe seconds later): the
+    # exits waiting when it arrived, the only ones it may explain.
+    candidates: frozenset[int] | None = None
 
 
 @dataclass
@@ -97,6 +101,8 @@ class ExitClassifier:
         self._pending_for(process, now, maps)
 
     def add_evidence(self, evidence: Evidence) -> None:
+        if evidence.kind == LOG_EXIT:
+            evidence = replace(evidence, candidates=frozenset(self._pending))
         self._evidence.append(evidence)
 
     def next_deadline(self) -> float | None:
@@ -133,8 +139,9 @@ class ExitClassifier:
         waiting = now < pending.deadline
         status = pending.status
         if status is None:
-            if waiting and self.status_source is not None:
-                return None  # the exit source may still report the status
+            if waiting and (self.status_source is not None or self.kernel_log
+                            or self.ollama_log):
+                return None  # the status, or the logs' word on this exit, may still come
             return self._event(pending, self._reason_without_status(pending), None)
         oom = self._take(pending, OOM_KILL)
         if status.signal == signal.SIGKILL and oom is None and waiting and self.kernel_log:
@@ -147,14 +154,15 @@ class ExitClassifier:
         reason = reason_for(status, oom_killed=oom is not None)
         if go_crash is not None:
             reason = exits.CRASH
+        self._take(pending, LOG_EXIT)  # Ollama's report of this exit: it explains no other
         return self._event(pending, reason, go_crash)
 
     def _reason_without_status(self, pending: _Pending) -> str:
+        logged = self._take(pending, LOG_EXIT)
         if self._take(pending, OOM_KILL) is not None:
             return exits.OOM
         if self._find(pending, SEGFAULT) is not None:
             return exits.CRASH
-        logged = self._take(pending, LOG_EXIT)
         if logged is not None and logged.reason in exits.REASONS:
             return logged.reason
         return exits.UNKNOWN
@@ -198,6 +206,9 @@ class ExitClassifier:
                 continue
             if evidence.pid is not None:
                 if evidence.pid == pending.process.pid:
+                    return evidence
+            elif evidence.candidates is not None:
+                if pending.process.pid in evidence.candidates:
                     return evidence
             elif abs(evidence.seen_at - pending.seen_at) <= LOG_MATCH_SECONDS:
                 return evidence

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import time
 
 from vgpumon import events as ev
@@ -38,12 +39,14 @@ PIDFD_STATUS_RETRY = 0.01
 PIDFD_STATUS_PATIENCE = 1.0
 
 
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 class EventSources:
-    def __init__(self, daemon: Daemon, *, kmsg_path: str = "/dev/kmsg",
-                 use_connector: bool = True):
+    def __init__(self, daemon: Daemon, *, kmsg_path: str = "/dev/kmsg"):
         self.daemon = daemon
         self._kmsg_path = kmsg_path
-        self._use_connector = use_connector
         self._connector: ProcConnector | None = None
         self._pidfds: PidfdWatcher | None = None
         self._kmsg: KmsgReader | None = None
@@ -84,19 +87,28 @@ class EventSources:
                     self.daemon.unwatch(fd)
 
     def _open_exit_source(self, now: float) -> str:
+        """The proc connector, else pidfds, else nothing (the refresh still sees exits, without
+        their status); `exit_watch:` may force one. A forced connector that cannot be opened
+        leaves the exits collector failed, with pidfds standing in."""
         health = self.daemon.health
-        if self._use_connector:
+        wanted = self.daemon.config.exit_watch
+        if wanted == "poll":
+            return "poll"
+        problem = None
+        if wanted in ("auto", "proc_connector"):
             try:
                 self._connector = ProcConnector.open()
             except ConnectorError as err:
                 log.warning("proc connector unavailable, using pidfds error=%r", str(err))
+                if wanted == "proc_connector":
+                    problem = f"proc connector: {err}"
             else:
                 self.daemon.watch(self._connector.fileno(), self._on_connector)
                 health.record("exits", now, True, 0.0)
                 return "proc_connector"
         if hasattr(os, "pidfd_open"):
             self._pidfds = PidfdWatcher()
-            health.record("exits", now, True, 0.0)
+            health.record("exits", now, problem is None, 0.0, problem)
             return "pidfd"
         health.record("exits", now, False, 0.0, "neither proc connector nor pidfd available")
         return "poll"
@@ -193,6 +205,9 @@ class EventSources:
         procfs = self.daemon.observer.procfs
         tracked = {p.key: p for p in self.daemon.observer.tracked()}
         for key in self._pidfds.watched_keys() - set(tracked):
+            fd = self._pidfds.fd_of(*key)
+            if fd is not None and _readable(fd):
+                continue  # it exited: its handler reads the status (a refresh saw it first)
             fd = self._pidfds.unwatch(*key)
             if fd is not None:
                 self.daemon.unwatch(fd)
@@ -307,7 +322,11 @@ class EventSources:
         gap = time.monotonic() - self._last_maps_refresh
         if gap >= MAPS_REFRESH_MIN_GAP:
             self._last_maps_refresh = time.monotonic()
-            self.daemon.apply(self.daemon.observer.refresh_maps(now))
+            if self._connector is None:
+                # No exec events: the process loading the library may be new; look for it.
+                self.daemon.refresh_now()
+            else:
+                self.daemon.apply(self.daemon.observer.refresh_maps(now))
             return
         if not self._maps_refresh_pending:
             self._maps_refresh_pending = True

@@ -35,7 +35,7 @@ def test_shipped_example_config_equals_the_built_in_defaults():
     defaults = Config()
     for field in ("listen_host", "listen_port", "interval", "procfs", "rootfs", "libraries",
                   "shims", "links", "crash_loop", "ollama", "events", "watch_dirs",
-                  "nvml", "web_config_file"):
+                  "nvml", "exit_watch", "web_config_file"):
         assert getattr(shipped, field) == getattr(defaults, field), field
     assert [(g.name, g.comm and g.comm.pattern, g.exe and g.exe.pattern,
              g.cmdline and g.cmdline.pattern, g.expect) for g in shipped.groups] == [
@@ -104,6 +104,8 @@ events: {file: "", max_bytes: 65536}
     ("events: {max_bytes: 10}\n", "events.max_bytes", 1, "at least"),
     ("interval: 5s\ninterval: 6s\n", "interval", 2, "duplicate"),
     ("- just\n- a list\n", "", 1, "mapping"),
+    ("exit_watch: netlink\n", "exit_watch", 1, "one of auto"),
+    ("nvml: maybe\n", "nvml", 1, "auto, on or off"),
 ])
 def test_bad_config_names_the_key_and_line(text, key, line, words):
     with pytest.raises(ConfigError) as caught:

@@ -18,7 +18,7 @@ def host(simhost):
 
 
 def start(host, tmp_path, **overrides) -> Vgpumon:
-    config = host_config(host, interval="60s", **overrides)
+    config = host_config(host, **{"interval": "60s", **overrides})
     return Vgpumon(config, tmp_path)
 
 
@@ -208,5 +208,32 @@ def test_libraries_of_a_new_process_are_read_again_soon_without_any_watch(host, 
         daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
         daemon.wait_value("vgpumon_processes_with_library", 1, timeout=10, group="runner",
                           library="ggml-cuda")
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("mechanism", ["pidfd", "poll"])
+def test_exits_without_the_proc_connector(host, tmp_path, mechanism):
+    """pidfds give the status (Linux 6.15+); polling only sees the process gone, and the
+    kernel log still tells a segfault."""
+    server = host.start_server()
+    daemon = start(host, tmp_path, exit_watch=mechanism, **(
+        {"interval": "1s"} if mechanism == "poll" else {}))
+    try:
+        assert daemon.value("vgpumon_exit_watch_info", mechanism=mechanism) == 1
+        runner = server.load_model(MODEL)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        server.crash_runner(MODEL, mode="sigsegv", library="libvgpu-cuda.so")
+        event = exited(daemon, runner.pid)
+        assert event["source"] == mechanism
+        assert event["reason"] == "crash"
+        if mechanism == "pidfd":
+            assert event["signal"] == "SIGSEGV"
+        runner = server.load_model(MODEL)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        server.unload(MODEL)
+        expected = "stopped" if mechanism == "pidfd" else "unknown"
+        event = exited(daemon, runner.pid)
+        assert event["reason"] == expected, daemon.events()
     finally:
         daemon.stop()

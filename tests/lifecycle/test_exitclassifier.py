@@ -127,3 +127,33 @@ def test_evidence_expires():
     c.ready(200.0)
     c.exited(RUNNER, 200.0, signal.SIGKILL, "proc_connector")
     assert settle(c, 201.0)[0]["reason"] == "stopped"
+
+
+def test_a_logged_exit_explains_only_the_exit_it_belongs_to():
+    c = classifier(status_source=None, kernel_log=True, ollama_log=True)
+    c.add_evidence(Evidence(SEGFAULT, 110.0, pid=4242))
+    c.vanished(RUNNER, 110.0)
+    c.add_evidence(Evidence(LOG_EXIT, 110.1, reason="crash"))  # while 4242 is pending
+    assert settle(c, 110.5)[0]["reason"] == "crash"
+    later = TrackedProcess(**{**RUNNER.__dict__, "pid": 5000})
+    c.vanished(later, 112.0)  # an unload 2 s later: Ollama logged nothing for it
+    assert settle(c, 112.5)[0]["reason"] == "unknown"
+
+
+def test_a_late_log_report_does_not_explain_a_later_exit():
+    """Ollama reports a dead runner only when it next talks to it: the report of the first
+    exit may come after that exit settled, just before the next one."""
+    c = classifier(status_source=None, kernel_log=True, ollama_log=True)
+    c.vanished(RUNNER, 110.0)
+    assert settle(c, 110.5)[0]["reason"] == "unknown"
+    c.add_evidence(Evidence(LOG_EXIT, 110.9, reason="crash"))  # about the first one
+    later = TrackedProcess(**{**RUNNER.__dict__, "pid": 5000})
+    c.vanished(later, 111.0)
+    assert settle(c, 111.5)[0]["reason"] == "unknown"
+
+
+def test_logged_exit_decides_an_exit_without_status():
+    c = classifier(status_source=None, kernel_log=False, ollama_log=True)
+    c.vanished(RUNNER, 110.0)
+    c.add_evidence(Evidence(LOG_EXIT, 110.2, reason="crash"))
+    assert settle(c, 110.5)[0]["reason"] == "crash"

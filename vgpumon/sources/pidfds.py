@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PIDFD_INFO_EXIT = 0x8
@@ -60,7 +61,8 @@ class PidfdWatcher:
         self._by_fd: dict[int, _Watched] = {}
         self._by_key: dict[tuple[int, int], int] = {}
 
-    def watch(self, pid: int, start_ticks: int, still_same: callable) -> int | None:
+    def watch(self, pid: int, start_ticks: int,
+              still_same: Callable[[], bool]) -> int | None:
         """Open a pidfd for `pid`; returns its fd (to poll), or None if it is already gone.
 
         `still_same()` re-checks the start time after opening: a pidfd refers to whichever
@@ -90,6 +92,9 @@ class PidfdWatcher:
             del self._by_fd[fd]
             os.close(fd)
         return fd
+
+    def fd_of(self, pid: int, start_ticks: int) -> int | None:
+        return self._by_key.get((pid, start_ticks))
 
     def target(self, fd: int) -> tuple[int, int] | None:
         watched = self._by_fd.get(fd)
