@@ -38,6 +38,7 @@ from tests.simhost.eras import DEFAULT_VERSIONS
 
 MODEL = "llama3.2:latest"
 SECOND = "qwen2.5:7b"
+DEMO_ERAS = sorted(era for era in DEFAULT_VERSIONS if era != "B")
 
 
 @dataclass
@@ -204,7 +205,8 @@ def stop(demo: Demo) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m tests.demo", description=__doc__.split("\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("\n", " ")
+    p = argparse.ArgumentParser(prog="python3 -m tests.demo", description=summary)
     p.add_argument("--listen", default="127.0.0.1:9842",
                    help="vgpumon's address (a free port if taken; :0 for any)")
     p.add_argument("--prometheus-listen", default="127.0.0.1:9090",
@@ -214,8 +216,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between two mishaps")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: until Ctrl-C)")
-    p.add_argument("--era", default="F", choices=sorted(DEFAULT_VERSIONS),
-                   help="the Ollama era to imitate (see tests/simhost/README.md)")
+    p.add_argument("--era", default="F", choices=DEMO_ERAS,
+                   help="the Ollama era to imitate (tests/simhost/README.md; not B, whose "
+                        "models run inside the server: a runner crash would end it)")
     p.add_argument("--shipped-for", action="store_true",
                    help="keep the alerts' `for:` durations (minutes) as shipped")
     p.add_argument("--no-prometheus", action="store_true", help="vgpumon and the host only")
