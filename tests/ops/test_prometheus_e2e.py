@@ -135,7 +135,7 @@ class Stack:
 
 def vgpumon_config(host: Any) -> dict[str, Any]:
     return host_config(
-        host, interval="1s", crash_loop={"crashes": 3, "window": "5m"},
+        host, interval="1s", crash_loop={"crashes": 3, "window": "1m"},
         ollama={"expected_gpus": 2, "timeout": "1s"}, events={"max_bytes": 4096})
 
 
@@ -539,8 +539,10 @@ def record(stack: Stack) -> Record:
                                            f"{type(err).__name__}: {err}"))
         result.phases[phase.name] = time.monotonic() - phase_started
     result.seconds = time.monotonic() - started
-    print("\nscenario seconds: " + ", ".join(f"{name} {seconds:.1f}"
-                                              for name, seconds in result.phases.items()))
+    print("\nscenario: seconds, dashboard queries with data")
+    for name, seconds in result.phases.items():
+        with_data = sum(1 for phases in result.data.values() if name in phases)
+        print(f"  {name}: {seconds:.1f} s, {with_data} of {len(result.data)}")
     for failure in result.failures:
         print(failure)
     return result
