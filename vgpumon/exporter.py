@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 from vgpumon import __version__
 from vgpumon.events import ALL_KINDS, LOG_ERROR_KINDS
 from vgpumon.exits import REASONS
+from vgpumon.ollama.api import LoadedModel as OllamaModel
 from vgpumon.ollama.manifests import blob_digest_from_model_arg, model_label
 from vgpumon.ollama.state import OllamaState
 from vgpumon.publication import Published
@@ -236,27 +238,36 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
                 threshold, window)
 
 
-def loaded_models(published: Published) -> dict[str, str | None]:
-    """Model label -> the key of its offload facts (blob digest, or model file), for every
-    model loaded now: listed by /api/ps, or run by a tracked runner. Labels come from the
-    local manifests (or the runner's model file name), never from a client."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded now, as the exporter labels it."""
+
+    offload_key: str | None  # blob digest, or the model file of a bare llama-server
+    api: OllamaModel | None  # its /api/ps entry, if listed there
+
+
+def loaded_models(published: Published) -> dict[str, LoadedModel]:
+    """Model label -> what is known of it, for every model loaded now: listed by /api/ps, or
+    run by a tracked runner. Labels come from the local manifests (or the runner's model file
+    name), never from what the API says."""
     ollama = published.state.ollama
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
-    models: dict[str, str | None] = {}
+    models: dict[str, LoadedModel] = {}
     if ollama.api is not None and ollama.api.up:
         for model in ollama.api.models:
             blob = blob_of_name.get(model.name)
             label = model.name if blob is not None else model_label(model.digest, {})
-            models[label[:MAX_LABEL]] = blob
+            models.setdefault(label[:MAX_LABEL], LoadedModel(blob, model))
     for state in published.state.processes:
         argument = state.process.model_arg
         if not argument:
             continue
         blob = blob_digest_from_model_arg(argument)
         if blob is not None:
-            models.setdefault(model_label(blob, ollama.names)[:MAX_LABEL], blob)
+            label = model_label(blob, ollama.names)
         else:  # a model file given directly (llama-server -m FILE)
-            models.setdefault(os.path.basename(argument)[:MAX_LABEL], argument)
+            blob, label = argument, os.path.basename(argument)
+        models.setdefault(label[:MAX_LABEL], LoadedModel(blob, None))
     return dict(sorted(models.items())[:MAX_MODELS])
 
 
@@ -317,16 +328,12 @@ def model_families(published: Published) -> Iterator[Metric]:
     estimated = GaugeMetricFamily("vgpumon_ollama_model_offload_estimated",
                                   "1 when the GPU layers are only the server's estimate.",
                                   labels=["model"])
-    api_models = {}
-    if ollama.api is not None and ollama.api.up:
-        api_models = {m.name[:MAX_LABEL]: m for m in ollama.api.models}
-    for label, blob in loaded_models(published).items():
-        model = api_models.get(label)
-        if model is not None:
-            size.add_metric([label], model.size)
-            if model.size_vram is not None:
-                vram.add_metric([label], model.size_vram)
-        offload = ollama.offload.get(blob) if blob else None
+    for label, loaded in loaded_models(published).items():
+        if loaded.api is not None:
+            size.add_metric([label], loaded.api.size)
+            if loaded.api.size_vram is not None:
+                vram.add_metric([label], loaded.api.size_vram)
+        offload = ollama.offload.get(loaded.offload_key) if loaded.offload_key else None
         if offload is not None:
             gpu_layers.add_metric([label], offload.gpu_layers)
             estimated.add_metric([label], 1 if offload.estimate else 0)

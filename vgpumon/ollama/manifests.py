@@ -60,12 +60,17 @@ def blob_digest_from_model_arg(arg: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+UNNAMED = "unnamed"
+
+
 def model_label(digest: str, names: Mapping[str, tuple[str, ...]]) -> str:
     """What to call a blob: its first model name, else the first 12 hex digits."""
     known = names.get(digest)
     if known:
         return known[0]
-    return digest[:_LABEL_DIGITS]
+    if re.fullmatch(r"[0-9a-fA-F]{12,128}", digest):
+        return digest[:_LABEL_DIGITS].lower()
+    return UNNAMED  # not a digest: never put what an API or a file said into a label
 
 
 def model_name(host: str, namespace: str, model: str, tag: str) -> str:
