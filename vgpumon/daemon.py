@@ -69,6 +69,7 @@ class Daemon:
         self._next_refresh = 0.0
         self._refresh_hooks: list[Callable[[float], None]] = []
         self._event_listeners: list[Callable[[list[Event]], None]] = []
+        self._reload_hooks: list[Callable[[Config], None]] = []
         self._wakeup_at: float | None = None
         self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
@@ -112,6 +113,10 @@ class Daemon:
     def on_events(self, listener: Callable[[list[Event]], None]) -> None:
         """Call `listener(events)` with every batch of recorded events."""
         self._event_listeners.append(listener)
+
+    def on_reload(self, hook: Callable[[Config], None]) -> None:
+        """Call `hook(new_config)` after a successful reload."""
+        self._reload_hooks.append(hook)
 
     def set_runtime(self, **changes: object) -> None:
         self.runtime = replace(self.runtime, **changes)
@@ -311,6 +316,8 @@ class Daemon:
         self._recent = deque(self._recent, maxlen=config.events.memory)
         self.set_runtime(config_reload_success=True, config_reload_timestamp=now)
         self.start()
+        for hook in self._reload_hooks:
+            hook(config)
         notify("READY=1")
         log.info("config reloaded source=%s", config.source or "defaults")
 

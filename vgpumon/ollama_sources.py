@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from vgpumon import events as ev
+from vgpumon.config import Config
 from vgpumon.daemon import Daemon
 from vgpumon.events import Event
 from vgpumon.exitclassifier import GO_CRASH, LOG_EXIT, Evidence
@@ -38,15 +39,13 @@ MANIFEST_RESCAN_MIN_GAP = 5.0  # when a model vgpumon cannot name shows up
 class OllamaSources:
     def __init__(self, daemon: Daemon, *, journalctl: str = "journalctl"):
         self.daemon = daemon
-        config = daemon.config.ollama
+        self._journalctl = journalctl
         self.facts = OllamaFacts()
         self._interpreter = LogInterpreter()
-        self._poller = OllamaApiPoller(config.url, config.timeout, daemon.config.interval)
-        self._follower: JournalFollower | FileFollower | None = None
-        if config.log.journal_unit:
-            self._follower = JournalFollower(config.log.journal_unit, journalctl)
-        elif config.log.file:
-            self._follower = FileFollower(config.log.file)
+        self._settings = (daemon.config.ollama, daemon.config.interval)
+        self._poller = OllamaApiPoller(daemon.config.ollama.url, daemon.config.ollama.timeout,
+                                       daemon.config.interval)
+        self._follower = self._make_follower()
         self._follower_fd: int | None = None
         self._names = BlobNames({}, 0)
         self._names_at = 0.0
@@ -63,7 +62,33 @@ class OllamaSources:
         self._refresh_names(now, min_gap=0.0)
         self.daemon.after_refresh(self._after_refresh)
         self.daemon.on_events(self._on_events)
+        self.daemon.on_reload(self._reconfigure)
         self._publish(now)
+
+    def _make_follower(self) -> JournalFollower | FileFollower | None:
+        log_spec = self.daemon.config.ollama.log
+        if log_spec.journal_unit:
+            return JournalFollower(log_spec.journal_unit, self._journalctl)
+        if log_spec.file:
+            return FileFollower(log_spec.file)
+        return None
+
+    def _reconfigure(self, config: Config) -> None:
+        """After a reload: a new URL, timeout, interval or log source takes effect now."""
+        if (config.ollama, config.interval) == self._settings:
+            return
+        self.close()
+        self._settings = (config.ollama, config.interval)
+        self._poller = OllamaApiPoller(config.ollama.url, config.ollama.timeout,
+                                       config.interval)
+        self._follower, self._follower_fd = self._make_follower(), None
+        self._poller.start()
+        self.daemon.watch(self._poller.fileno(), self._on_api)
+        self.daemon.classifier.ollama_log = self._follower is not None
+        if self._follower is not None:
+            self._keep_following(time.time())
+        log.info("ollama sources reconfigured url=%s log=%s", config.ollama.url,
+                 config.ollama.log.journal_unit or config.ollama.log.file or "none")
 
     def look_once(self) -> None:
         """For `vgpumon once`: one API poll and the log's state, without following anything."""

@@ -4,13 +4,14 @@ host's API and log, for each era; replay of the same log; a hung or broken API."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.harness import REPO, Vgpumon, host_config, wait_for
+from tests.harness import REPO, Vgpumon, host_config, wait_for, write_config
 
 MODEL = "llama3.2:latest"
 LAYERS = 29
@@ -198,5 +199,21 @@ def test_broken_api_answers(simhost, tmp_path, fault):
         server.clear_fault()
         daemon.wait_value("vgpumon_ollama_up", 1)
         daemon.wait_value("vgpumon_collector_success", 1, collector="ollama_api")
+    finally:
+        daemon.stop()
+
+
+def test_reload_applies_a_new_ollama_url(simhost, tmp_path):
+    host = simhost(era="F")
+    config = host_config(host, interval="1s", ollama={"url": "http://127.0.0.1:9"})
+    daemon = Vgpumon(config, tmp_path)
+    try:
+        daemon.wait_value("vgpumon_ollama_up", 0)
+        host.start_server()
+        config["ollama"]["url"] = f"http://127.0.0.1:{host.port}"
+        config["listen"] = daemon.url.removeprefix("http://")
+        write_config(daemon.config_path, config)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_value("vgpumon_ollama_up", 1)
     finally:
         daemon.stop()
