@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from . import samples
@@ -22,6 +22,7 @@ def check(name: str, data: bytes) -> None:
 
 @FUZZ
 @given(inputs(samples.MAPS))
+@example(b"0-1000 r--p 00000000 fe:99999999999 2171103 /x.so")  # os.makedev overflow
 def test_maps(data):
     check("maps", data)
 
