@@ -59,12 +59,14 @@ def test_kmsg_record(data):
 
 @FUZZ
 @given(inputs(samples.SEGFAULT_MESSAGES))
+@example(b"x[" + b"9" * 5000 + b"]: segfault at 0 ip 0")  # int() digit limit
 def test_segfault(data):
     check("segfault", data)
 
 
 @FUZZ
 @given(inputs(samples.OOM_MESSAGES))
+@example("oom-kill:pid=\u00b2".encode())  # isdigit() but not int()
 def test_oom_kill(data):
     check("oom_kill", data)
 
