@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
+from vgpumon.eventlog import parse_event_line
+from vgpumon.events import ALL_KINDS, Event
 
 from . import samples
 from .contracts import CONTRACTS, FUZZ, holds
@@ -154,5 +157,27 @@ def test_ldcache(data):
 @FUZZ
 @given(inputs(samples.EVENT_LINES)
        | json_values.map(lambda v: json.dumps({"ts": 1, "kind": "x", "v": v}).encode()))
+@example(b"[" * 100_000)  # RecursionError in json.loads
+@example(b'{"ts":1' + b"0" * 400 + b',"kind":"x"}')  # int too large for float()
+@example(b'{"ts":' + b"9" * 400 + b'.5,"kind":"x"}')  # a float that is inf
 def test_event_line(data):
     check("event_line", data)
+
+
+plain_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+# A property, not a contract: a tenth of the examples is plenty (and keeps CI cheap).
+@settings(FUZZ, max_examples=max(1, FUZZ.max_examples // 10))
+@given(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(ALL_KINDS) | st.text(),
+       st.dictionaries(st.text(max_size=10).filter(lambda k: k not in ("ts", "kind")),
+                       plain_json, max_size=5))
+def test_event_line_round_trip(ts, kind, fields):
+    event = Event(ts, kind, fields)
+    assert parse_event_line(event.to_json().encode()) == event
