@@ -145,7 +145,6 @@ def _ps(result: tuple[LoadedModel, ...]) -> None:
 
 def _config(result: Config) -> None:
     assert isinstance(result, Config)
-    assert math.isfinite(result.interval) and math.isfinite(result.ollama.timeout)
     assert 0 <= result.listen_port <= 65535
 
 

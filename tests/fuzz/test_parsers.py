@@ -135,6 +135,12 @@ config_trees = st.recursive(
 @FUZZ
 @given(inputs(samples.CONFIG)
        | config_trees.map(lambda tree: json.dumps(tree).encode()))
+@example(b"=")  # a tag (yaml 'value') SafeLoader cannot construct
+@example(b"&a [*a]")  # recursive alias
+@example(b"[" * 5000 + b"]" * 5000)  # RecursionError in PyYAML
+@example(b"listen: '127.0.0.1:" + b"1" * 5000 + b"'")  # int() digit limit
+@example(b"ollama: {url: 'http://[::1'}")  # urlsplit's ValueError
+@example(b"groups: {a: {comm: 'a{4294967296}'}}")  # OverflowError from re
 def test_config(data):
     check("config", data)
 
