@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from vgpumon.durations import parse_duration
+from vgpumon.durations import format_duration, parse_duration
 
 VIEWS = ("host", "server")
 
@@ -212,6 +212,11 @@ def parse_config(text: str, *, source: str = "config") -> Config:
     return _Validator(lines, source).config(data)
 
 
+# Beyond these a value is a typo, and the daemon cannot use it: a timeout of more than 24.8
+# days overflows epoll's, an integer of 2**63 overflows a deque's maxlen.
+MAX_DURATION = 7 * 86400.0
+MAX_INTEGER = 2**53
+
 # A real config is a few levels deep and has a few hundred values. Aliases can make a short
 # document expand without bound (``&a [*a]`` is infinite, nested ``[*a, *a]`` exponential).
 MAX_DEPTH = 32
@@ -313,6 +318,8 @@ class _Validator:
             raise self.error(path, f"expected an integer, got {_type_name(value)}")
         if value < minimum:
             raise self.error(path, f"must be at least {minimum}, got {_shown(value)}")
+        if value > MAX_INTEGER:
+            raise self.error(path, f"must be at most {MAX_INTEGER}, got {_shown(value)}")
         return value
 
     def duration(self, value: Any, path: str, minimum: float) -> float:
@@ -324,6 +331,9 @@ class _Validator:
             raise self.error(path, str(err)) from None
         if seconds < minimum:
             raise self.error(path, f"must be at least {minimum:g}s, got {value}")
+        if seconds > MAX_DURATION:
+            raise self.error(path, f"must be at most {format_duration(MAX_DURATION)}, "
+                                   f"got {_shown(value)}")
         return seconds
 
     def regex(self, value: Any, path: str) -> re.Pattern[str] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import settings
 
 from tests.doctor.elfbuild import bytes_reader
-from vgpumon.config import Config, ConfigError, parse_config
+from vgpumon.config import MAX_DURATION, MAX_INTEGER, Config, ConfigError, parse_config
 from vgpumon.elf import ElfError, ElfInfo, parse_elf
 from vgpumon.eventlog import parse_event_line
 from vgpumon.events import Event
@@ -146,6 +146,11 @@ def _ps(result: tuple[LoadedModel, ...]) -> None:
 def _config(result: Config) -> None:
     assert isinstance(result, Config)
     assert 0 <= result.listen_port <= 65535
+    # What the daemon can wait for and allocate (epoll's timeout, a deque's maxlen).
+    for seconds in (result.interval, result.ollama.timeout, result.crash_loop.window):
+        assert 0 < seconds <= MAX_DURATION
+    for number in (result.events.memory, result.events.max_bytes, result.crash_loop.crashes):
+        assert number <= MAX_INTEGER
 
 
 def _elf(result: ElfInfo) -> None:
