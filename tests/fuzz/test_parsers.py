@@ -103,7 +103,7 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=10,
+    max_leaves=6,
 )
 
 
@@ -128,7 +128,7 @@ config_trees = st.recursive(
                        "http://h:1", "(", "a{99999}", "x" * 50]),
     lambda children: st.lists(children, max_size=3)
     | st.dictionaries(st.sampled_from(CONFIG_KEYS) | st.text(max_size=5), children, max_size=4),
-    max_leaves=12,
+    max_leaves=8,
 )
 
 
