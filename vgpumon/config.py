@@ -207,6 +207,8 @@ def parse_config(text: str, *, source: str = "config") -> Config:
     except RecursionError:  # PyYAML composes recursively: a few hundred levels of [[[…
         raise ConfigError("", f"invalid YAML: nested deeper than {MAX_DEPTH} levels",
                           source=source) from None
+    except (ValueError, OverflowError) as err:  # PyYAML's chr() of "\U99999999" or "\U00110000"
+        raise ConfigError("", f"invalid YAML: {err}", source=source) from None
     lines: dict[str, int] = {}
     data = {} if node is None else _Plainer(lines, source).plain(node, "", 0)
     return _Validator(lines, source).config(data)

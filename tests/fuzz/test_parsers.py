@@ -141,6 +141,7 @@ config_trees = st.recursive(
 @example(b"listen: '127.0.0.1:" + b"1" * 5000 + b"'")  # int() digit limit
 @example(b"ollama: {url: 'http://[::1'}")  # urlsplit's ValueError
 @example(b"groups: {a: {comm: 'a{4294967296}'}}")  # OverflowError from re
+@example(b'listen: "\\U99999999"')  # OverflowError from PyYAML's chr()
 def test_config(data):
     check("config", data)
 
