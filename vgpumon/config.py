@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from vgpumon.durations import parse_duration
+from vgpumon.durations import format_duration, parse_duration
 
 VIEWS = ("host", "server")
 EXIT_WATCH_MECHANISMS = ("auto", "proc_connector", "pidfd", "poll")
@@ -199,6 +199,7 @@ def load_config(path: str | None) -> Config:
 
 
 def parse_config(text: str, *, source: str = "config") -> Config:
+    """The config in YAML `text`; `ConfigError` (and nothing else) for anything wrong in it."""
     data, lines = read_yaml(text, source=source)
     return _Validator(lines, source).config(data)
 
@@ -207,7 +208,8 @@ def read_yaml(text: str, *, source: str) -> tuple[Any, dict[str, int]]:
     """The YAML document as plain values, and the line of every key path in it.
 
     Shared by every file vgpumon reads (the config, the web config), so that all of them
-    reject duplicate and non-string keys and name lines the same way.
+    reject duplicate and non-string keys and name lines the same way, and raise only
+    `ConfigError`.
     """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -216,42 +218,76 @@ def read_yaml(text: str, *, source: str) -> tuple[Any, dict[str, int]]:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError("", f"invalid YAML: {problem}", source=source, line=line) from err
+    except RecursionError:  # PyYAML composes recursively: a few hundred levels of [[[…
+        raise ConfigError("", f"invalid YAML: nested deeper than {MAX_DEPTH} levels",
+                          source=source) from None
+    except (ValueError, OverflowError) as err:  # PyYAML's chr() of "\U99999999" or "\U00110000"
+        raise ConfigError("", f"invalid YAML: {err}", source=source) from None
     lines: dict[str, int] = {}
-    data = {} if node is None else _plain(node, "", lines, source)
+    data = {} if node is None else _Plainer(lines, source).plain(node, "", 0)
     return data, lines
 
 
-def _plain(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> Any:
-    """The node as plain Python values, recording the line of every key path."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+# Beyond these a value is a typo, and the daemon cannot use it: a timeout of more than 24.8
+# days overflows epoll's, an integer of 2**63 overflows a deque's maxlen.
+MAX_DURATION = 7 * 86400.0
+MAX_INTEGER = 2**53
+
+# A real config is a few levels deep and has a few hundred values. Aliases can make a short
+# document expand without bound (``&a [*a]`` is infinite, nested ``[*a, *a]`` exponential).
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+
+
+class _Plainer:
+    """YAML nodes → plain Python values, recording the line of every key path."""
+
+    def __init__(self, lines: dict[str, int], source: str):
+        self._lines = lines
+        self._source = source
+        self._values = 0
+
+    def error(self, path: str, message: str, node: yaml.Node) -> ConfigError:
+        return ConfigError(path, message, source=self._source, line=node.start_mark.line + 1)
+
+    def plain(self, node: yaml.Node, path: str, depth: int) -> Any:
+        self._values += 1
+        if depth > MAX_DEPTH:
+            raise self.error(path, f"nested deeper than {MAX_DEPTH} levels (a recursive "
+                                   "alias?)", node)
+        if self._values > MAX_VALUES:
+            raise self.error(path, f"more than {MAX_VALUES} values (aliases expanding?)", node)
+        self._lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(item, f"{path}[{index}]", depth + 1)
+                    for index, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            key_path = f"{path}.{key}" if path else str(key)
+            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                raise ConfigError(
-                    key_path, "keys must be strings", source=source,
-                    line=key_node.start_mark.line + 1,
-                )
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                key_path = f"{path}.{shown[:40]}" if path else shown[:40]
+                raise self.error(key_path, "keys must be strings", key_node)
+            key_path = f"{path}.{key}" if path else key
             if key in result:
-                raise ConfigError(
-                    key_path, "duplicate key", source=source, line=key_node.start_mark.line + 1
-                )
-            lines[key_path] = key_node.start_mark.line + 1
-            result[key] = _plain(value_node, key_path, lines, source)
+                raise self.error(key_path, "duplicate key", key_node)
+            self._lines[key_path] = key_node.start_mark.line + 1
+            result[key] = self.plain(value_node, key_path, depth + 1)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _plain(item, f"{path}[{index}]", lines, source) for index, item in enumerate(node.value)
-        ]
-    return _scalar(node)
 
-
-def _scalar(node: yaml.Node) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
-        return node  # a complex key; rejected by the caller as "not a string"
-    return yaml.SafeLoader("").construct_object(node)
+    def scalar(self, node: yaml.ScalarNode, path: str) -> Any:
+        try:
+            return yaml.SafeLoader("").construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as err:
+            # An explicit tag PyYAML cannot build (!!foo, "=", !!binary of non-base64), an
+            # !!int that is not one, a timestamp out of range.
+            problem = getattr(err, "problem", None) or str(err)
+            raise self.error(path, f"cannot read {node.value[:40]!r}: {problem}", node) from None
 
 
 class _Validator:
@@ -297,7 +333,9 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(path, f"expected an integer, got {_type_name(value)}")
         if value < minimum:
-            raise self.error(path, f"must be at least {minimum}, got {value}")
+            raise self.error(path, f"must be at least {minimum}, got {_shown(value)}")
+        if value > MAX_INTEGER:
+            raise self.error(path, f"must be at most {MAX_INTEGER}, got {_shown(value)}")
         return value
 
     def duration(self, value: Any, path: str, minimum: float) -> float:
@@ -309,6 +347,9 @@ class _Validator:
             raise self.error(path, str(err)) from None
         if seconds < minimum:
             raise self.error(path, f"must be at least {minimum:g}s, got {value}")
+        if seconds > MAX_DURATION:
+            raise self.error(path, f"must be at most {format_duration(MAX_DURATION)}, "
+                                   f"got {_shown(value)}")
         return seconds
 
     def regex(self, value: Any, path: str) -> re.Pattern[str] | None:
@@ -317,7 +358,8 @@ class _Validator:
         text = self.string(value, path)
         try:
             return re.compile(text)
-        except re.error as err:
+        except (re.error, OverflowError, RecursionError) as err:
+            # OverflowError: a repeat count like {4294967296}; RecursionError: (((… nesting
             raise self.error(path, f"invalid regular expression: {err}") from None
 
     def absolute_path(self, value: Any, path: str) -> str:
@@ -330,7 +372,7 @@ class _Validator:
         if value is None:
             return "host"
         if value not in VIEWS:
-            raise self.error(path, f"expected one of {', '.join(VIEWS)}, got {value!r}")
+            raise self.error(path, f"expected one of {', '.join(VIEWS)}, got {_shown(value)}")
         return value
 
     def name_list(self, value: Any, path: str, known: Mapping[str, object]) -> tuple[str, ...]:
@@ -425,13 +467,14 @@ class _Validator:
 
     def listen(self, value: Any, path: str) -> tuple[str, int]:
         text = self.string(value, path)
-        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]+)|([^:\[\]]*):([0-9]+)", text)
         if not match:
             raise self.error(path, f"expected host:port (or [ipv6]:port), got {text!r}")
         host = match.group(1) or match.group(3) or "0.0.0.0"
-        port = int(match.group(2) or match.group(4))
+        digits = match.group(2) or match.group(4)
+        port = int(digits) if len(digits) <= 5 else 65536  # int() refuses 4,300+ digits
         if not 0 <= port <= 65535:
-            raise self.error(path, f"port out of range: {port}")
+            raise self.error(path, f"port out of range: {digits[:20]}")
         if match.group(1):
             try:
                 ipaddress.IPv6Address(host)
@@ -541,7 +584,10 @@ class _Validator:
 
     def url(self, value: Any, path: str) -> str:
         text = self.string(value, path)
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # "Invalid IPv6 URL": a '[' without its ']'
+            raise self.error(path, f"expected an http:// or https:// URL, got {text!r}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.error(path, f"expected an http:// or https:// URL, got {text!r}")
         try:
@@ -569,6 +615,15 @@ _TOP_KEYS = (
 )
 
 
+def _shown(value: Any) -> str:
+    """repr() of a value for a message; an integer too long to print is described instead."""
+    try:
+        text = repr(value)
+    except ValueError:  # YAML reads 0x… integers of any length; repr() stops at 4,300 digits
+        return "a very large integer"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -579,5 +634,5 @@ def _type_name(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"the string {_shown(value)}"
+    return f"{type(value).__name__} {_shown(value)}"

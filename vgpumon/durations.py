@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -14,7 +15,10 @@ def parse_duration(text: str) -> float:
     text = text.strip()
     if not _WHOLE.fullmatch(text):
         raise ValueError(f"{text!r} is not a duration (examples: 500ms, 5s, 10m, 1h30m)")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
+    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text[:40]!r} is too long a duration")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

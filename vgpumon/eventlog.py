@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 
@@ -114,14 +115,15 @@ def parse_event_line(line: bytes) -> Event | None:
     """One line of the event log, or None if it is not an event."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
         return None
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
         return None
     try:
-        return Event.from_dict(data)
-    except (KeyError, TypeError, ValueError):
+        event = Event.from_dict(data)
+    except (KeyError, TypeError, ValueError, OverflowError):  # a ts too large for a float
         return None
+    return event if math.isfinite(event.ts) else None
 
 
 def follow_event_log(path: str, poll_seconds: float = 0.25) -> Iterator[Event]:

@@ -133,7 +133,7 @@ def parse_maps(data: bytes) -> tuple[MappedFile, ...]:
                 path.decode("utf-8", "surrogateescape"),
             )
             mapped = MappedRange(int(start, 16), int(end, 16), int(offset, 16))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a device number beyond dev_t
             continue  # not a maps line; the kernel never writes one, a fixture might
         files.setdefault(key, []).append(mapped)
     result = []

@@ -61,16 +61,19 @@ def parse_record(data: bytes) -> KmsgRecord:
     return KmsgRecord(prefix & 7, prefix >> 3, sequence, timestamp, message)
 
 
-_SEGFAULT = re.compile(
-    r"^(?P<comm>.*?)\[(?P<pid>\d+)\]: segfault at [0-9a-f]+ ip (?P<ip>[0-9a-f]+)"
-)
+# PIDs and addresses are ASCII and bounded: int() of a 5,000-digit or non-ASCII "number"
+# raises, and the kernel never prints one.
+_PID = r"(?P<pid>[0-9]{1,10})"
+_IP = r"(?P<ip>[0-9a-f]{1,16})\b"
+_SEGFAULT = re.compile(r"^(?P<comm>.*?)\[" + _PID + r"\]: segfault at [0-9a-f]+ ip " + _IP)
 _TRAP = re.compile(
-    r"^traps: (?P<comm>.*?)\[(?P<pid>\d+)\] (?P<kind>[a-z][a-z ]*?) ip:(?P<ip>[0-9a-f]+)"
+    r"^traps: (?P<comm>.*?)\[" + _PID + r"\] (?P<kind>[a-z][a-z ]*?) ip:" + _IP
 )
 # "… in libggml-cuda.so[4d4119,7f2c8dd00000+2a10000]" (6.10+) or "… in libc.so.6[7f…+…]"
 _IN_LIBRARY = re.compile(r" in (?P<lib>[^\[\s]+)\[[0-9a-f]+[,+]")
 _KILLED = re.compile(r"(?:Out of memory|Memory cgroup out of memory): Killed process "
-                     r"(?P<pid>\d+) \((?P<comm>.*?)\)")
+                     + _PID + r" \((?P<comm>.*?)\)")
+_PID_VALUE = re.compile(r"[0-9]{1,10}")
 _OOM_KILL = re.compile(r"^oom-kill:(?P<attrs>\S+)")
 
 
@@ -94,7 +97,7 @@ def parse_oom_kill(message: str) -> OomKill | None:
     match = _OOM_KILL.match(message)
     if match:
         attrs = dict(part.partition("=")[::2] for part in match["attrs"].split(","))
-        if attrs.get("pid", "").isdigit():
+        if _PID_VALUE.fullmatch(attrs.get("pid", "")):
             return OomKill(int(attrs["pid"]), attrs.get("task"), attrs.get("task_memcg"))
     return None
 

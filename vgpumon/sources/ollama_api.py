@@ -52,12 +52,21 @@ class OllamaApiState:
 
 
 def fetch(url: str, path: str, timeout: float) -> bytes:
-    """GET `url` + `path` with `timeout` as a deadline for the whole exchange."""
+    """GET `url` + `path` with `timeout` as a deadline for the whole exchange.
+
+    A socket timeout bounds each recv() only: a server that sends a byte now and then (in its
+    headers or its body) would hold the poller forever. At the deadline a timer shuts the
+    socket down, which ends any recv() at once.
+    """
     parts = urlsplit(url)
     deadline = time.monotonic() + timeout
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
                         else http.client.HTTPConnection)
     connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    expired = threading.Event()
+    timer = threading.Timer(timeout, _cut_off, (connection, expired))
+    timer.daemon = True
+    timer.start()
     try:
         connection.request("GET", (parts.path or "") + path,
                            headers={"Accept": "application/json", "User-Agent": "vgpumon"})
@@ -75,11 +84,23 @@ def fetch(url: str, path: str, timeout: float) -> bytes:
             if size > MAX_BODY:
                 raise ApiFormatError(f"GET {path}: body larger than {MAX_BODY} bytes")
             chunks.append(chunk)
+        if expired.is_set():  # cut off: what was read is not the whole body
+            raise ApiUnavailable(f"GET {path}: timed out")
         return b"".join(chunks)
     except (OSError, http.client.HTTPException) as err:
-        raise ApiUnavailable(f"GET {path}: {_describe(err)}") from None
+        reason = "timed out" if expired.is_set() else _describe(err)
+        raise ApiUnavailable(f"GET {path}: {reason}") from None
     finally:
+        timer.cancel()
         connection.close()
+
+
+def _cut_off(connection: http.client.HTTPConnection, expired: threading.Event) -> None:
+    expired.set()
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_deadline(deadline: float, connection: http.client.HTTPConnection) -> None:
