@@ -149,7 +149,7 @@ class ProcFS:
 
     def __init__(self, root: str = "/proc"):
         self.root = root.rstrip("/") or "/"
-        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        self.clock_ticks = os.sysconf("SC_CLK_TCK")
         self._boot_time: float | None = None
 
     def path(self, pid: int, name: str = "") -> str:
@@ -184,7 +184,7 @@ class ProcFS:
 
     def start_time(self, start_ticks: int) -> float:
         """Unix seconds of a process start given in clock ticks since boot."""
-        return self.boot_time() + start_ticks / self._clock_ticks
+        return self.boot_time() + start_ticks / self.clock_ticks
 
 
 def read_file(path: str, chunk: int = 1 << 16) -> bytes:

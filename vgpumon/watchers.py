@@ -39,6 +39,22 @@ PIDFD_STATUS_RETRY = 0.01
 PIDFD_STATUS_PATIENCE = 1.0
 
 
+# The kernel's process start time has clock-tick resolution (10 ms).
+START_TIME_SLACK_NS = 20_000_000
+
+
+def started_after(start_ticks: int, event_ns: int, clock_ticks: int) -> bool:
+    """Whether a process that started at `start_ticks` (since boot) started after an event
+    stamped `event_ns` (since boot): then the event belongs to an earlier process of that PID."""
+    return start_ticks * 1_000_000_000 // clock_ticks > event_ns + START_TIME_SLACK_NS
+
+
+def _suspended_ns() -> int:
+    """Connector events are stamped on the monotonic clock, process starts on the boot-time
+    clock; they differ by the time the machine spent suspended."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+
+
 def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
@@ -245,7 +261,8 @@ class EventSources:
                 if state is not None:
                     self.daemon.apply(state)
             elif event.kind == "exit":
-                self._exited(event.pid, event.status, "proc_connector", now)
+                self._exited(event.pid, event.status, "proc_connector", now,
+                             exited_ns=event.timestamp_ns)
 
     def _on_pidfd(self, fd: int, now: float, waited: float = 0.0) -> None:
         assert self._pidfds is not None
@@ -267,8 +284,17 @@ class EventSources:
         self._on_kmsg(now)
         self._exited(target[0], status, "pidfd", now)
 
-    def _exited(self, pid: int, status: int | None, source: str, now: float) -> None:
+    def _exited(self, pid: int, status: int | None, source: str, now: float, *,
+                exited_ns: int | None = None) -> None:
         observer, classifier = self.daemon.observer, self.daemon.classifier
+        current = next((p for p in observer.tracked() if p.pid == pid), None)
+        if (current is not None and exited_ns is not None
+                and started_after(current.start_ticks, exited_ns + _suspended_ns(),
+                                  observer.procfs.clock_ticks)):
+            # The exit of an earlier process with this PID; a scan already found its successor.
+            if classifier.status_of_pending(pid, status, source):
+                self.daemon.record((), now)
+            return
         gone, state = observer.drop(pid, now)
         if gone is not None and state is not None:
             classifier.exited(gone, now, status, source, observer.last_maps(gone.key))

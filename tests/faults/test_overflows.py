@@ -54,7 +54,7 @@ def test_inotify_queue_overflow_then_rescan(tmp_path, runner_binary, daemons):
     daemon = daemons(runner_config(tmp_path, runner_binary, interval="60s"), tmp_path)
     lib = tmp_path / "lib64"
     link = lib / "libcuda.so.1"
-    state = {"path": str(link)}
+    state = {"path": str(link), "view": "host"}
     daemon.wait_value("vgpumon_shim_link_state", 1, state="ok", **state)
     assert overflows(daemon, "inotify") == 0
 

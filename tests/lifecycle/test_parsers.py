@@ -140,3 +140,13 @@ def test_overflow_and_vanished_directory():
     assert interpret(PLAN, None, flags.Q_OVERFLOW, "").overflow
     gone = interpret(PLAN, "/usr/lib64", flags.DELETE_SELF, "")
     assert gone.rearm and gone.links
+
+
+def test_an_exit_event_older_than_the_process_start_is_not_its_exit():
+    from vgpumon.watchers import started_after
+
+    # Exit event at 100.000 s since boot; a process started at 100.5 s (tick 10050 at 100 Hz)
+    # is a successor that reused the PID; one started at 99 s is the one that exited.
+    assert started_after(10050, 100_000_000_000, 100)
+    assert not started_after(9900, 100_000_000_000, 100)
+    assert not started_after(10001, 100_000_000_000, 100)  # within a tick: same process

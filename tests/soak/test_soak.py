@@ -117,7 +117,8 @@ class Load:
             os.replace(temporary, self.link)
             self.flips += 1
             wait_for(lambda state=state: self.daemon.value(
-                "vgpumon_shim_link_state", path=str(self.link), state=state) == 1,
+                "vgpumon_shim_link_state", path=str(self.link), state=state,
+                view="host") == 1,
                 message=f"link {state}")
             time.sleep(0.2)
 
@@ -181,7 +182,8 @@ def test_soak(tmp_path, runner_binary, runners, daemons):
         exits_by_reason(daemon)["crash"] + exits_by_reason(daemon)["error"])
     wait_for(lambda: count(daemon, "vgpumon_events_total", kind="ollama_version")
              == load.version_lines, message=f"{load.version_lines} version events")
-    assert count(daemon, "vgpumon_shim_link_changes_total", path=str(link)) == load.flips
+    assert count(daemon, "vgpumon_shim_link_changes_total", path=str(link),
+                 view="host") == load.flips
 
     # Nothing grew.
     wait_for(lambda: resources(pid).fds <= baseline.fds + FD_SLACK, timeout=10,
