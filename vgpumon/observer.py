@@ -12,7 +12,7 @@ import logging
 from vgpumon.config import Config
 from vgpumon.health import CollectorHealth
 from vgpumon.paths import FileView, process_view
-from vgpumon.procfs import MappedFile, ProcFS
+from vgpumon.procfs import ProcessMaps, ProcFS
 from vgpumon.sources.libraries import (
     LibraryFile,
     LibraryMatcher,
@@ -41,8 +41,8 @@ class HostObserver:
         self._scanner = ProcessScanner(self.procfs, config.groups)
         self._processes: tuple[TrackedProcess, ...] = ()
         self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
-        self._maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
-        self._exited_maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
+        self._maps: dict[tuple[int, int], ProcessMaps] = {}
+        self._exited_maps: dict[tuple[int, int], ProcessMaps] = {}
         self._library_files: tuple[LibraryFile, ...] = ()
         self._matcher = LibraryMatcher(config.libraries, {})
         self._links: tuple[ShimLinkState, ...] = ()
@@ -101,9 +101,9 @@ class HostObserver:
             collectors=self.health.statuses(),
         )
 
-    def last_maps(self, key: tuple[int, int]) -> tuple[MappedFile, ...]:
+    def last_maps(self, key: tuple[int, int]) -> ProcessMaps:
         """The maps last read for a process, also shortly after it exited (crash attribution)."""
-        return self._maps.get(key) or self._exited_maps.get(key, ())
+        return self._maps.get(key) or self._exited_maps.get(key) or ProcessMaps()
 
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return self._processes

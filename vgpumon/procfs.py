@@ -8,6 +8,8 @@ vanishes or is unreadable raises the OSError of the read, which callers map to "
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 DELETED_SUFFIX = " (deleted)"
@@ -144,6 +146,60 @@ def parse_maps(data: bytes) -> tuple[MappedFile, ...]:
     return tuple(result)
 
 
+def select_lines(data: bytes, patterns: Iterable[re.Pattern[bytes]]) -> bytes:
+    """The lines of `data` in which any of `patterns` matches, in order, newline-joined.
+
+    Each pattern is one C-level search over the whole buffer; lines no pattern touches cost
+    nothing. A large process's maps is thousands of lines (anonymous memory, a model's
+    weights) of which a handful name a configured library: this leaves `parse_maps` those.
+    """
+    starts: set[int] = set()
+    for pattern in patterns:
+        for match in pattern.finditer(data):
+            starts.add(data.rfind(b"\n", 0, match.start()) + 1)
+    lines = []
+    for start in sorted(starts):
+        end = data.find(b"\n", start)
+        lines.append(data[start:end] if end >= 0 else data[start:])
+    return b"\n".join(lines)
+
+
+class ProcessMaps(Sequence[MappedFile]):
+    """A process's maps as read, parsed into its file-backed mappings only when looked at.
+
+    The exit classifier keeps the maps of live and recently exited processes for crash
+    attribution, which needs them rarely; the bytes are smaller than the parsed form and
+    cost nothing to keep. True when anything was read (a zombie's maps is empty).
+    """
+
+    __slots__ = ("_files", "data")
+
+    def __init__(self, data: bytes = b""):
+        self.data = data
+        self._files: tuple[MappedFile, ...] | None = None
+
+    def files(self) -> tuple[MappedFile, ...]:
+        if self._files is None:
+            self._files = parse_maps(self.data)
+        return self._files
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.files()[index]
+
+    def __len__(self) -> int:
+        return len(self.files())
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return self.files() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class ProcFS:
     """Reads files of ``<root>/<pid>/``; `root` is the ``procfs:`` setting."""
 
@@ -158,6 +214,11 @@ class ProcFS:
     def pids(self) -> list[int]:
         """Every process ID listed (raises OSError when procfs itself is unreadable)."""
         return [int(name) for name in os.listdir(self.root) if name.isdigit()]
+
+    def listing(self) -> set[str]:
+        """The names in procfs, PIDs and the rest: compare two with set operations, convert
+        only the new ones (raises OSError when procfs itself is unreadable)."""
+        return set(os.listdir(self.root))
 
     def read(self, pid: int, name: str) -> bytes:
         return read_file(self.path(pid, name))
