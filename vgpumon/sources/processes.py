@@ -1,10 +1,11 @@
 """Process discovery: which processes belong to which configured group.
 
 A scan lists ``<procfs>`` and classifies only PIDs it has not seen: classification is cached
-per (pid, start time), so an idle host costs one directory listing. Young processes are
-classified again for a short while because a runner is forked by the server (same cmdline)
-and only then execs into ``ollama runner …``. Tracked processes are re-validated each scan so
-a reused PID cannot inherit a group.
+per (pid, start time), so an idle host costs one directory listing, compared with the last one
+as sets (no work per PID in Python). Young processes are classified again for a short while
+because a runner is forked by the server (same cmdline) and only then execs into ``ollama
+runner …``. Tracked processes are re-validated each scan so a reused PID cannot inherit a
+group.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ class _Seen:
 
 
 class _SeenTable(dict[int, _Seen]):
-    """PID -> _Seen, with the tracked subset kept apart so reading it does not walk all PIDs."""
+    """PID -> _Seen, with the tracked subset and the PIDs to look at again at the next scan
+    (tracked or young) kept apart, so that neither walks all PIDs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tracked: dict[int, TrackedProcess] = {}
+        self.look_again: set[int] = set()
 
     def update_tracked(self, pid: int) -> None:
         seen = self.get(pid)
@@ -67,6 +70,10 @@ class _SeenTable(dict[int, _Seen]):
             self.tracked[pid] = seen.tracked
         else:
             self.tracked.pop(pid, None)
+        if seen is not None and (seen.tracked is not None or seen.rechecks_left > 0):
+            self.look_again.add(pid)
+        else:
+            self.look_again.discard(pid)
 
 
 def model_argument(cmdline: tuple[str, ...]) -> str | None:
@@ -102,20 +109,24 @@ class ProcessScanner:
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
         self._seen = _SeenTable()
+        # The names of the last listing, plus PIDs learned since from events: every PID in
+        # `_seen` is in here, so a PID missing from a new listing is one that went away.
+        self._listed: set[str] = set()
 
     def scan(self, now: float) -> tuple[TrackedProcess, ...]:
         """List procfs, classify new PIDs, re-check young and tracked ones."""
-        listed = set(self._procfs.pids())
-        for pid in [pid for pid in self._seen if pid not in listed]:
-            self.forget(pid)
-        for pid in listed:
-            seen = self._seen.get(pid)
-            if seen is None:
-                self._seen[pid] = self._first_look(pid, now)
-            elif seen.tracked is not None or seen.rechecks_left > 0:
-                self._look_again(pid, seen, now)
-            else:
-                continue
+        listed = self._procfs.listing()
+        for name in self._listed - listed:
+            if name.isdigit():
+                self.forget(int(name))
+        again = [(pid, self._seen[pid]) for pid in self._seen.look_again]
+        for name in listed - self._listed:
+            if name.isdigit() and int(name) not in self._seen:
+                self._seen[int(name)] = self._first_look(int(name), now)
+                self._seen.update_tracked(int(name))
+        self._listed = listed
+        for pid, seen in again:
+            self._look_again(pid, seen, now)
             self._seen.update_tracked(pid)
         return self.tracked()
 
@@ -125,12 +136,15 @@ class ProcessScanner:
         seen = self._first_look(pid, now)
         self._seen[pid] = seen
         self._seen.update_tracked(pid)
+        self._listed.add(str(pid))
         return seen.tracked
 
     def forget(self, pid: int) -> TrackedProcess | None:
-        """Drop `pid` (it exited); returns what it was if it was tracked."""
+        """Drop `pid` (it exited); returns what it was if it was tracked. Should the PID come
+        back (reused), the next scan sees it as new."""
         seen = self._seen.pop(pid, None)
-        self._seen.tracked.pop(pid, None)
+        self._seen.update_tracked(pid)
+        self._listed.discard(str(pid))
         return seen.tracked if seen else None
 
     def is_tracked(self, pid: int) -> bool:
