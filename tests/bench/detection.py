@@ -2,10 +2,11 @@
 
 Two figures per change, from the moment the change began (taken by whoever made it, on the
 same clock as the daemon's):
-- *seen*: the event's ``ts``, the daemon's clock when its loop started handling what told it
-  (the proc connector datagram, the inotify event);
 - *visible*: when the event first showed up at ``/events``, polled every 2 ms over one
-  keep-alive connection (so up to ~2 ms of polling granularity is included).
+  keep-alive connection (so up to ~2 ms of polling granularity is included);
+- *seen*: the event's ``ts``, the daemon's clock when it started the work that found the
+  change (handling the proc connector datagram or the inotify event, or a full refresh that
+  began before the change and still saw it: then it is negative).
 
 Changes: runner start (from just before the spawn, fork+exec included, to
 ``process_started``); library load (from just before the runner's open() of the late library
@@ -36,7 +37,8 @@ class EventWaiter:
 
     def wait(self, kind: str, since: float, match: Callable[[dict[str, Any]], bool],
              timeout: float = 15.0) -> tuple[dict[str, Any], float]:
-        """The first event of `kind` after `since` that matches, and when it was first seen."""
+        """The first event of `kind` with a ``ts`` after `since` that matches, and when it was
+        first seen here."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = self._scraper.get(f"/events?kind={kind}&since={since}")
@@ -76,15 +78,18 @@ def runner_trials(host: SyntheticHost, address: str, trials: int, found: Latenci
             def of_runner(event: dict[str, Any], pid: int = pid) -> bool:
                 return event["pid"] == pid
 
-            found.add("start", spawned, *events.wait("process_started", spawned, of_runner))
+            # A PID is new to this run, so any event naming it is of this trial; a full
+            # refresh that began a little before the change may have stamped it earlier.
+            since = spawned - 60
+            found.add("start", spawned, *events.wait("process_started", since, of_runner))
             opened, _mapped = runner.load_late_library()
             found.add("library_load", opened, *events.wait(
-                "library_loaded", spawned,
+                "library_loaded", since,
                 lambda e, pid=pid: e["pid"] == pid and e["library"] == "ggml-cuda"))
             killed = time.time()
             runner.kill()
             host.stop(runner)
-            found.add("exit", killed, *events.wait("process_exited", spawned, of_runner))
+            found.add("exit", killed, *events.wait("process_exited", since, of_runner))
     finally:
         events.close()
 
@@ -94,6 +99,7 @@ def link_trials(host: SyntheticHost, address: str, trials: int, found: Latencies
     events = EventWaiter(address)
     link, _shim = host.link_paths()[0]
     texts = [str(host.lib64 / "libcuda.so.575.51.03"), os.readlink(link)]
+    last = time.time() - 60  # the ts of the last change seen: the next one is after it
     try:
         for index in range(trials):
             text = texts[index % 2]
@@ -101,8 +107,10 @@ def link_trials(host: SyntheticHost, address: str, trials: int, found: Latencies
             os.symlink(text, temporary)
             swapped = time.time()
             os.rename(temporary, link)
-            found.add("link_swap", swapped, *events.wait(
-                "shim_link_changed", swapped, lambda e, text=text: e["new_target"] == text))
+            event, visible = events.wait("shim_link_changed", last,
+                                         lambda e, text=text: e["new_target"] == text)
+            found.add("link_swap", swapped, event, visible)
+            last = event["ts"]
     finally:
         events.close()
         if os.readlink(link) != texts[1]:
