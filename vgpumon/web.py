@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from vgpumon import __version__
+from vgpumon.exposition import ExpositionCache
 from vgpumon.publication import Published, Publisher
 from vgpumon.webauth import CHALLENGE
 from vgpumon.webconfig import WebAccess
@@ -56,6 +56,7 @@ class ExporterServer(ThreadingHTTPServer):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         self.registry = registry
+        self.exposition = ExpositionCache()
         self.publisher = publisher
         self.access = access or WebAccess.plain()
         super().__init__(address, ExporterHandler)
@@ -177,8 +178,8 @@ class ExporterHandler(BaseHTTPRequestHandler):
     # -- routes --------------------------------------------------------------------------------
 
     def _metrics(self, _published: Published, query: dict[str, list[str]]) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
+        body, content_type = self.server.exposition.render(self.server.registry,
+                                                           self.headers.get("Accept", ""))
         self._send(200, content_type, body, compressible=True)
 
     def _healthz(self, published: Published, _query: dict[str, list[str]]) -> None:
