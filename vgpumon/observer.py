@@ -108,6 +108,9 @@ class HostObserver:
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return self._processes
 
+    def is_tracked(self, pid: int) -> bool:
+        return self._scanner.is_tracked(pid)
+
     @property
     def library_files(self) -> tuple[LibraryFile, ...]:
         return self._library_files

@@ -224,10 +224,10 @@ class ProcFS:
         return read_file(self.path(pid, name))
 
     def stat(self, pid: int) -> ProcStat:
-        return parse_stat(self.read(pid, "stat"))
+        return parse_stat(read_whole_record(self.path(pid, "stat")))
 
     def cmdline(self, pid: int) -> tuple[str, ...]:
-        return parse_cmdline(self.read(pid, "cmdline"))
+        return parse_cmdline(read_whole_record(self.path(pid, "cmdline")))
 
     def exe(self, pid: int) -> str:
         return os.readlink(self.path(pid, "exe"))
@@ -246,6 +246,24 @@ class ProcFS:
     def start_time(self, start_ticks: int) -> float:
         """Unix seconds of a process start given in clock ticks since boot."""
         return self.boot_time() + start_ticks / self._clock_ticks
+
+
+def read_whole_record(path: str, chunk: int = 4096) -> bytes:
+    """A /proc file the kernel prints in one go (``stat``, ``cmdline``): a read that returns
+    less than asked is the end, so the usual second read (for the 0 of the end) is saved. It
+    is not nothing: for a process exec'ing or exiting on another CPU, each read waits for its
+    memory map, and every exec on the host is classified."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, chunk)
+        if len(data) < chunk:
+            return data
+        parts = [data]
+        while part := os.read(fd, 1 << 16):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def read_file(path: str, chunk: int = 1 << 16) -> bytes:

@@ -108,6 +108,10 @@ class ProcessScanner:
         self._procfs = procfs
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
+        # When every group has a cmdline pattern, a cmdline none of them matches decides
+        # "not tracked" alone: no stat, exe or cgroup read.
+        self._cmdline_patterns = tuple(g.cmdline for g in groups if g.cmdline is not None)
+        self._cmdline_decides = len(self._cmdline_patterns) == len(groups)
         self._seen = _SeenTable()
         # The names of the last listing, plus PIDs learned since from events: every PID in
         # `_seen` is in here, so a PID missing from a new listing is one that went away.
@@ -133,7 +137,7 @@ class ProcessScanner:
     def rescan_pid(self, pid: int, now: float) -> TrackedProcess | None:
         """Classify `pid` afresh (after an exec event): forget what was known about it."""
         self._seen.pop(pid, None)
-        seen = self._first_look(pid, now)
+        seen = self._look_after_exec(pid, now)
         self._seen[pid] = seen
         self._seen.update_tracked(pid)
         self._listed.add(str(pid))
@@ -152,6 +156,20 @@ class ProcessScanner:
 
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return tuple(process for _, process in sorted(self._seen.tracked.items()))
+
+    def _look_after_exec(self, pid: int, now: float) -> _Seen:
+        """Every exec on the host comes here, nearly all of programs no group is about: those
+        cost one cmdline read. They stay young (looked at again by the next scans, in full,
+        as a process first seen by a scan would be)."""
+        if self._cmdline_decides:
+            try:
+                cmdline = self._procfs.cmdline(pid)
+            except OSError:
+                return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
+            joined = " ".join(cmdline)
+            if not any(pattern.search(joined) for pattern in self._cmdline_patterns):
+                return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
+        return self._first_look(pid, now)
 
     def _first_look(self, pid: int, now: float) -> _Seen:
         try:
