@@ -28,6 +28,7 @@ class ProcStat:
     state: str
     ppid: int
     start_ticks: int
+    vsize: int | None = None  # bytes of address space (None in a short fixture line)
 
 
 def parse_stat(data: bytes) -> ProcStat:
@@ -37,7 +38,7 @@ def parse_stat(data: bytes) -> ProcStat:
     if open_paren < 0 or close_paren < open_paren:
         raise ProcParseError("stat: no (comm)")
     fields = data[close_paren + 2:].split()
-    # After comm: state(3) ppid(4) ... starttime(22) -> indexes 0, 1, 19 of `fields`.
+    # After comm: state(3) ppid(4) ... starttime(22) vsize(23) -> indexes 0, 1, 19, 20.
     if len(fields) < 20:
         raise ProcParseError(f"stat: {len(fields)} fields after comm, expected at least 20")
     try:
@@ -47,6 +48,7 @@ def parse_stat(data: bytes) -> ProcStat:
             state=fields[0].decode("ascii", "replace"),
             ppid=int(fields[1]),
             start_ticks=int(fields[19]),
+            vsize=int(fields[20]) if len(fields) > 20 else None,
         )
     except ValueError as err:
         raise ProcParseError(f"stat: {err}") from None
@@ -169,13 +171,15 @@ class ProcessMaps(Sequence[MappedFile]):
 
     The exit classifier keeps the maps of live and recently exited processes for crash
     attribution, which needs them rarely; the bytes are smaller than the parsed form and
-    cost nothing to keep. True when anything was read (a zombie's maps is empty).
+    cost nothing to keep. `selected` is what the reader parsed at once (the lines that
+    mattered to it). True when anything was read (a zombie's maps is empty).
     """
 
-    __slots__ = ("_files", "data")
+    __slots__ = ("_files", "data", "selected")
 
-    def __init__(self, data: bytes = b""):
+    def __init__(self, data: bytes = b"", selected: tuple[MappedFile, ...] = ()):
         self.data = data
+        self.selected = selected
         self._files: tuple[MappedFile, ...] | None = None
 
     def files(self) -> tuple[MappedFile, ...]:

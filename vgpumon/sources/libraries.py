@@ -178,7 +178,7 @@ def read_process_libraries(procfs: ProcFS, pid: int,
     except OSError as err:
         return ProcessLibraries(readable=False, error=_describe(err)), ProcessMaps()
     maps = parse_maps(select_lines(data, matcher.maps_patterns))
-    return library_mappings(procfs, pid, maps, matcher), ProcessMaps(data)
+    return library_mappings(procfs, pid, maps, matcher), ProcessMaps(data, maps)
 
 
 def _glob_superset(pattern: str) -> bytes:

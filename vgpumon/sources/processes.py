@@ -53,6 +53,7 @@ class _Seen:
     start_ticks: int
     tracked: TrackedProcess | None
     rechecks_left: int
+    vsize: int | None = None  # address-space size at the last look (tracked processes)
 
 
 class _SeenTable(dict[int, _Seen]):
@@ -154,6 +155,11 @@ class ProcessScanner:
     def is_tracked(self, pid: int) -> bool:
         return pid in self._seen.tracked
 
+    def vsize(self, pid: int) -> int | None:
+        """The size of `pid`'s address space when the last scan looked (None: not known)."""
+        seen = self._seen.get(pid)
+        return seen.vsize if seen is not None else None
+
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return tuple(process for _, process in sorted(self._seen.tracked.items()))
 
@@ -179,7 +185,7 @@ class ProcessScanner:
         start_time = self._procfs.start_time(stat.start_ticks)
         young = now - start_time < YOUNG_SECONDS
         tracked = self._classify(pid, stat.start_ticks, start_time, stat.ppid, stat.comm)
-        return _Seen(stat.start_ticks, tracked, YOUNG_RECHECKS if young else 0)
+        return _Seen(stat.start_ticks, tracked, YOUNG_RECHECKS if young else 0, stat.vsize)
 
     def _look_again(self, pid: int, seen: _Seen, now: float) -> None:
         try:
@@ -190,8 +196,9 @@ class ProcessScanner:
         if stat.start_ticks != seen.start_ticks:  # the PID was reused
             fresh = self._first_look(pid, now)
             seen.start_ticks, seen.tracked = fresh.start_ticks, fresh.tracked
-            seen.rechecks_left = fresh.rechecks_left
+            seen.rechecks_left, seen.vsize = fresh.rechecks_left, fresh.vsize
             return
+        seen.vsize = stat.vsize
         if stat.state == "Z":  # exited, not yet reaped: nothing mapped any more
             seen.tracked, seen.rechecks_left = None, 0
             return
