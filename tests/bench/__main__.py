@@ -38,14 +38,15 @@ class Plan:
     runner_trials: int
     link_trials: int
     versus_scrapes: int
+    churn_processes: int
 
 
 FULL = Plan(refresh_rounds=200, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
             scrape_rounds=1000, steady_seconds=60.0, runner_trials=30, link_trials=30,
-            versus_scrapes=200)
+            versus_scrapes=200, churn_processes=2000)
 QUICK = Plan(refresh_rounds=10, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
              scrape_rounds=30, steady_seconds=5.0, runner_trials=3, link_trials=4,
-             versus_scrapes=10)
+             versus_scrapes=10, churn_processes=200)
 # The host of the steady-state, detection and comparison benchmarks.
 STEADY_IDLE = 1000
 STEADY_RUNNERS = 4
@@ -156,7 +157,7 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
     from tests.bench.measure import summarize
     from tests.bench.refresh import measure_refresh
     from tests.bench.scrape import measure_scrapes
-    from tests.bench.steady import measure_steady
+    from tests.bench.steady import measure_churn, measure_steady
     from tests.harness import Vgpumon, wait_for
 
     host.start_server()
@@ -180,6 +181,12 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
                         f"{steady.host_forks_per_second:.1f} processes/s meanwhile"))
         rows.append(Row("steady_rss", "vgpumon run RSS", steady.rss_bytes / 1e6, None, "MB",
                         "<= 45 MB", f"peak {steady.peak_rss_bytes / 1e6:.1f} MB"))
+        churn = measure_churn(daemon.process.pid, plan.churn_processes, steady.cpu_percent)
+        results["churn"] = churn.as_dict()
+        rows.append(Row("churn", "vgpumon CPU per process started on the host",
+                        churn.cpu_per_process * 1e6, None, "us", "",
+                        f"{churn.processes} processes (fork, exec /bin/true, exit) in "
+                        f"{churn.seconds:.1f} s, the steady rate subtracted"))
 
         found = Latencies()
         runner_trials(host, address, plan.runner_trials, found)
@@ -235,7 +242,9 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
 
 
 def _daemon_env() -> dict[str, str]:
-    return {"PYTHONPATH": os.environ["PYTHONPATH"]}  # the measured source first (--source)
+    # The measured source first (--source); `python -m` would put the current directory
+    # (this checkout) before it, PYTHONSAFEPATH keeps it out.
+    return {"PYTHONPATH": os.environ["PYTHONPATH"], "PYTHONSAFEPATH": "1"}
 
 
 def versus_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row], results: dict, *,
@@ -321,6 +330,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "ms":
         return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+    if unit == "us":
+        return f"{value:.0f} us"
     return f"{value:.2f} {unit}"
 
 

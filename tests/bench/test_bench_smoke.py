@@ -16,6 +16,7 @@ ROWS = (
     "refresh CPU, 1000 idle processes, runner maps 20000 lines",
     "vgpumon run CPU, 1000 idle + 4 runners",
     "vgpumon run RSS",
+    "vgpumon CPU per process started on the host",
     "detection latency, runner start",
     "detection latency, runner exit (SIGKILL)",
     "detection latency, library load (late ggml-cuda)",
