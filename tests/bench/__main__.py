@@ -5,7 +5,9 @@ root (the proc connector, /dev/kmsg, other processes' maps), gcc, and Debian's
 ``prometheus-process-exporter`` for the comparison (that row is skipped without it). The full
 run takes about three minutes, ``--quick`` (a smoke run: few rounds, short windows) under one.
 ``--source DIR`` measures the vgpumon package found in DIR instead of this checkout's (for
-before/after comparisons: ``git archive <commit> vgpumon | tar -x -C DIR``).
+before/after comparisons: ``git archive <commit> vgpumon | tar -x -C DIR``); ``--baseline
+DIR`` runs DIR's daemon next to this one during the steady state, so that both see the same
+host over the same window.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with SyntheticHost.create() as host, tempfile.TemporaryDirectory() as workdir:
         host.serve_api()
         refresh_benchmarks(host, plan, rows, results)
-        daemon_benchmarks(host, plan, Path(workdir), rows, results)
+        daemon_benchmarks(host, plan, Path(workdir), rows, results,
+                          Path(args.baseline).resolve() if args.baseline else None)
     results["rows"] = [asdict(row) for row in rows]
     results["seconds"] = time.monotonic() - started
     out = Path(args.out)
@@ -101,6 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(HERE / "results.json"), help="the JSON file")
     parser.add_argument("--source", metavar="DIR",
                         help="measure the vgpumon package in DIR instead of this checkout")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run the vgpumon package in DIR next to it in the steady "
+                             "state (same host, same window: the noise is shared)")
     return parser.parse_args(argv)
 
 
@@ -151,7 +157,7 @@ def _refresh_order(key: str, plan: Plan) -> int:
 
 
 def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
-                      results: dict) -> None:
+                      results: dict, baseline: Path | None) -> None:
     from tests.bench import versus
     from tests.bench.detection import KINDS, Latencies, link_trials, runner_trials
     from tests.bench.measure import summarize
@@ -167,26 +173,49 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
     config = host.vgpumon_config()
     (workdir / "steady").mkdir()
     daemon = Vgpumon(config, workdir / "steady", env=_daemon_env())
+    daemons = [daemon]
     try:
+        if baseline is not None:  # the same host, the same window, another version
+            (workdir / "baseline").mkdir()
+            events = {"file": str(workdir / "baseline" / "events.jsonl")}
+            daemons.append(Vgpumon({**config, "events": events}, workdir / "baseline",
+                                   env=_daemon_env(baseline)))
         address = daemon.url.removeprefix("http://")
-        wait_for(lambda: daemon.value("vgpumon_processes", group="runner") == STEADY_RUNNERS
-                 and daemon.value("vgpumon_ollama_up") == 1, 30, message="the steady host")
+        for each in daemons:
+            wait_for(lambda each=each: each.value("vgpumon_processes", group="runner")
+                     == STEADY_RUNNERS and each.value("vgpumon_ollama_up") == 1, 30,
+                     message="the steady host")
         time.sleep(min(6.0, plan.steady_seconds))  # past start-up and one timer refresh
-        steady = measure_steady(address, daemon.process.pid, plan.steady_seconds)
-        results["steady"] = steady.as_dict()
+        steadies = measure_steady([(d.url.removeprefix("http://"), d.process.pid)
+                                   for d in daemons], plan.steady_seconds)
+        churns = measure_churn([d.process.pid for d in daemons], plan.churn_processes,
+                               [s.cpu_percent for s in steadies])
+        for each in daemons[1:]:
+            each.stop()
+        steady, churn = steadies[0], churns[0]
+        results["steady"], results["churn"] = steady.as_dict(), churn.as_dict()
+        versus_baseline = {"cpu": "", "rss": "", "churn": ""}
+        if baseline is not None:
+            results["baseline"] = {"source": str(baseline), "steady": steadies[1].as_dict(),
+                                   "churn": churns[1].as_dict()}
+            versus_baseline = {
+                "cpu": f"; baseline {steadies[1].cpu_percent:.2f} % in the same window",
+                "rss": f"; baseline {steadies[1].rss_bytes / 1e6:.1f} MB",
+                "churn": f"; baseline {churns[1].cpu_per_process * 1e6:.0f} us"}
         rows.append(Row("steady_cpu", f"vgpumon run CPU, {STEADY_IDLE} idle + {STEADY_RUNNERS} "
                         f"runners, {steady.seconds:.0f} s", steady.cpu_percent, None,
                         "% core", "<= 0.5 %",
                         f"interval 5 s, a scrape every 15 s; the host forked "
-                        f"{steady.host_forks_per_second:.1f} processes/s meanwhile"))
+                        f"{steady.host_forks_per_second:.1f} processes/s meanwhile"
+                        + versus_baseline["cpu"]))
         rows.append(Row("steady_rss", "vgpumon run RSS", steady.rss_bytes / 1e6, None, "MB",
-                        "<= 45 MB", f"peak {steady.peak_rss_bytes / 1e6:.1f} MB"))
-        churn = measure_churn(daemon.process.pid, plan.churn_processes, steady.cpu_percent)
-        results["churn"] = churn.as_dict()
+                        "<= 45 MB", f"peak {steady.peak_rss_bytes / 1e6:.1f} MB"
+                        + versus_baseline["rss"]))
         rows.append(Row("churn", "vgpumon CPU per process started on the host",
                         churn.cpu_per_process * 1e6, None, "us", "",
                         f"{churn.processes} processes (fork, exec /bin/true, exit) in "
-                        f"{churn.seconds:.1f} s, the steady rate subtracted"))
+                        f"{churn.seconds:.1f} s, the steady rate subtracted"
+                        + versus_baseline["churn"]))
 
         found = Latencies()
         runner_trials(host, address, plan.runner_trials, found)
@@ -203,7 +232,8 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
                             f"{seen.n} trials, until visible at /events; the event's ts: "
                             f"p50 {seen.median * 1e3:.1f} / p99 {seen.p99 * 1e3:.1f} ms"))
     finally:
-        daemon.stop()
+        for each in daemons:
+            each.stop()
     versus_benchmarks(host, plan, workdir, rows, results,
                       expect={"server": 1, "runner": STEADY_RUNNERS},
                       measure_refresh=measure_refresh, versus=versus)
@@ -241,10 +271,11 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
         host.stop(runner)
 
 
-def _daemon_env() -> dict[str, str]:
-    # The measured source first (--source); `python -m` would put the current directory
-    # (this checkout) before it, PYTHONSAFEPATH keeps it out.
-    return {"PYTHONPATH": os.environ["PYTHONPATH"], "PYTHONSAFEPATH": "1"}
+def _daemon_env(source: Path | None = None) -> dict[str, str]:
+    # The measured source (--source, or `source`) first; `python -m` would put the current
+    # directory (this checkout) before it, PYTHONSAFEPATH keeps it out.
+    path = os.pathsep.join([str(source), str(REPO)]) if source else os.environ["PYTHONPATH"]
+    return {"PYTHONPATH": path, "PYTHONSAFEPATH": "1"}
 
 
 def versus_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row], results: dict, *,
