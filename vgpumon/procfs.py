@@ -215,10 +215,6 @@ class ProcFS:
     def path(self, pid: int, name: str = "") -> str:
         return f"{self.root}/{pid}/{name}" if name else f"{self.root}/{pid}"
 
-    def pids(self) -> list[int]:
-        """Every process ID listed (raises OSError when procfs itself is unreadable)."""
-        return [int(name) for name in os.listdir(self.root) if name.isdigit()]
-
     def listing(self) -> set[str]:
         """The names in procfs, PIDs and the rest: compare two with set operations, convert
         only the new ones (raises OSError when procfs itself is unreadable)."""
@@ -235,9 +231,6 @@ class ProcFS:
 
     def exe(self, pid: int) -> str:
         return os.readlink(self.path(pid, "exe"))
-
-    def maps(self, pid: int) -> tuple[MappedFile, ...]:
-        return parse_maps(self.read(pid, "maps"))
 
     def environ(self, pid: int) -> dict[str, str]:
         return parse_environ(self.read(pid, "environ"))
