@@ -42,6 +42,9 @@ from vgpumon.webconfig import WebAccess, web_access_for
 log = logging.getLogger(__name__)
 
 Handler = Callable[[float], None]
+# A loop that only ticks (a busy host wakes it for every exec and exit) re-publishes its
+# heartbeat at most this often; /healthz allows several intervals.
+HEARTBEAT_SECONDS = 1.0
 
 
 class Daemon:
@@ -61,6 +64,8 @@ class Daemon:
         self._state = HostState(now)
         self._ollama = OllamaState()
         self.publisher = Publisher(self._published(now))
+        self._published_at = now
+        self._unpublished = False  # something changed that only the next publish shows
         self._selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
@@ -120,6 +125,7 @@ class Daemon:
 
     def set_runtime(self, **changes: object) -> None:
         self.runtime = replace(self.runtime, **changes)
+        self._unpublished = True
 
     # -- running ---------------------------------------------------------------------------
 
@@ -282,10 +288,13 @@ class Daemon:
         """Adopt what the Ollama sources know now (API answer, log facts)."""
         self._ollama = state
         self._state = replace(self._state, ollama=state)
+        self._unpublished = True
 
     def heartbeat(self) -> None:
-        """Publish that the loop is alive (for /healthz and the systemd watchdog)."""
-        self._publish(time.time())
+        """Publish that the loop is alive (for /healthz), and what changed without a publish."""
+        now = time.time()
+        if self._unpublished or now - self._published_at >= HEARTBEAT_SECONDS:
+            self._publish(now)
 
     def reload(self) -> None:
         """Re-read the config; keep the old one (and say why) if the new one is bad."""
@@ -342,8 +351,11 @@ class Daemon:
         )
 
     def _publish(self, now: float) -> None:
-        self.set_runtime(heartbeat=now, event_log_dropped=self.event_log.dropped)
+        self.runtime = replace(self.runtime, heartbeat=now,
+                               event_log_dropped=self.event_log.dropped)
         self.publisher.publish(self._published(now))
+        self._published_at = now
+        self._unpublished = False
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True

@@ -14,6 +14,7 @@ crash PC of a Go trace in the maps cached while the process lived.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vgpumon import events as ev
@@ -62,7 +63,7 @@ class _Pending:
     deadline: float
     status: ExitStatus | None = None
     source: str = "poll"
-    maps: tuple[MappedFile, ...] = ()
+    maps: Sequence[MappedFile] = ()
 
 
 class ExitClassifier:
@@ -78,7 +79,7 @@ class ExitClassifier:
         self._evidence: list[Evidence] = []
 
     def exited(self, process: TrackedProcess, now: float, status: int | None, source: str,
-               maps: tuple[MappedFile, ...] = ()) -> None:
+               maps: Sequence[MappedFile] = ()) -> None:
         """An exit source reported the exit (`status` is the wait status, None if unknown)."""
         pending = self._pending_for(process, now, maps)
         pending.source = source
@@ -96,7 +97,7 @@ class ExitClassifier:
         return True
 
     def vanished(self, process: TrackedProcess, now: float,
-                 maps: tuple[MappedFile, ...] = ()) -> None:
+                 maps: Sequence[MappedFile] = ()) -> None:
         """A scan no longer found the process; its status may still come from an exit source."""
         self._pending_for(process, now, maps)
 
@@ -126,7 +127,7 @@ class ExitClassifier:
     # -- internals -----------------------------------------------------------------------------
 
     def _pending_for(self, process: TrackedProcess, now: float,
-                     maps: tuple[MappedFile, ...]) -> _Pending:
+                     maps: Sequence[MappedFile]) -> _Pending:
         pending = self._pending.get(process.pid)
         if pending is None or pending.process.key != process.key:
             pending = _Pending(process, now, now + self.grace, maps=maps)

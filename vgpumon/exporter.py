@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -41,18 +41,32 @@ class VgpumonCollector(Collector):
 
     def __init__(self, current: Callable[[], Published]):
         self._current = current
+        self._last: tuple[Published, list[Metric]] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # registering must not trigger a collection
 
     def collect(self) -> Iterator[Metric]:
         published = self._current()
+        last = self._last
+        if last is not None and same_metrics(last[0], published):
+            yield from last[1]  # the loop re-published (a heartbeat), nothing new
+            return
         try:
             metrics = list(families(published))
         except Exception:  # a bug here must not turn the scrape into an HTTP 500
             log.exception("building metrics failed")
             metrics = [build_info()]
+        self._last = (published, metrics)
         yield from metrics
+
+
+def same_metrics(old: Published, new: Published) -> bool:
+    """Whether `families()` gives the same for both: the same snapshot, counters and config
+    objects (all immutable), and the same runtime facts but for the loop's heartbeat."""
+    return (old.state is new.state and old.counters is new.counters
+            and old.config is new.config
+            and old.runtime == replace(new.runtime, heartbeat=old.runtime.heartbeat))
 
 
 def families(published: Published) -> Iterator[Metric]:

@@ -3,21 +3,33 @@
 A full refresh scans processes, stats the configured libraries and links, and reads the maps
 of every tracked process. Event sources ask for less: the maps of the tracked processes only,
 the links only, or the classification of one new PID. Each call returns a fresh snapshot.
+
+Reading a large maps is most of a full refresh (the kernel prints it: about 1 µs a line), and
+between two refreshes it has nearly always stayed the same. A full refresh therefore skips a
+process whose address space has the same size (``vsize`` in its stat, which the scan reads
+anyway) as when its maps was last read, and re-checks the libraries it found then instead.
+That stands in for "unchanged" except for a load and an unload of the same size between two
+refreshes, so such a maps is read at least every `MAPS_REREAD_SECONDS`, and every
+event-driven read (an exec, a library opened in a watched directory) and every change of
+the configured library files reads it in full.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 from vgpumon.config import Config
 from vgpumon.health import CollectorHealth
 from vgpumon.paths import FileView, process_view
-from vgpumon.procfs import MappedFile, ProcFS
+from vgpumon.procfs import ProcessMaps, ProcFS
 from vgpumon.sources.libraries import (
     LibraryFile,
     LibraryMatcher,
     ProcessLibraries,
     find_library_file,
+    library_mappings,
     read_process_libraries,
 )
 from vgpumon.sources.links import ShimLinkState, check_link
@@ -31,6 +43,18 @@ SERVER_GROUP = "server"
 # Maps of processes that exited are kept this long for crash attribution.
 EXITED_MAPS_KEPT = 64
 NOT_READ = ProcessLibraries(readable=False, error="not read yet")
+# A full refresh reads a maps that looks unchanged (same vsize) at least this often.
+MAPS_REREAD_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _MapsRead:
+    """The last full read of a process's maps: when (monotonic), at which vsize, matched by
+    which matcher."""
+
+    at: float
+    vsize: int
+    matcher: LibraryMatcher
 
 
 class HostObserver:
@@ -42,8 +66,9 @@ class HostObserver:
         self._scanner = ProcessScanner(self.procfs, config.groups)
         self._processes: tuple[TrackedProcess, ...] = ()
         self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
-        self._maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
-        self._exited_maps: dict[tuple[int, int], tuple[MappedFile, ...]] = {}
+        self._maps: dict[tuple[int, int], ProcessMaps] = {}
+        self._exited_maps: dict[tuple[int, int], ProcessMaps] = {}
+        self._maps_read: dict[tuple[int, int], _MapsRead] = {}
         self._library_files: tuple[LibraryFile, ...] = ()
         self._matcher = LibraryMatcher(config.libraries, {})
         self._links: tuple[ShimLinkState, ...] = ()
@@ -60,7 +85,7 @@ class HostObserver:
         if scanned is not None:
             self._set_processes(scanned)
         self._refresh_library_files(now)
-        self._refresh_maps(now, None)
+        self._refresh_maps(now, None, skip_unchanged=True)
         self._refresh_links(now)
         if self._nvml is not None:
             self._gpu_memory = self.health.run("nvml", now, self._nvml.read)
@@ -109,12 +134,15 @@ class HostObserver:
             gpu_memory=self._gpu_memory,
         )
 
-    def last_maps(self, key: tuple[int, int]) -> tuple[MappedFile, ...]:
+    def last_maps(self, key: tuple[int, int]) -> ProcessMaps:
         """The maps last read for a process, also shortly after it exited (crash attribution)."""
-        return self._maps.get(key) or self._exited_maps.get(key, ())
+        return self._maps.get(key) or self._exited_maps.get(key) or ProcessMaps()
 
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return self._processes
+
+    def is_tracked(self, pid: int) -> bool:
+        return self._scanner.is_tracked(pid)
 
     @property
     def library_files(self) -> tuple[LibraryFile, ...]:
@@ -152,6 +180,9 @@ class HostObserver:
         for key in list(self._libraries):
             if key not in live:
                 del self._libraries[key]
+        for key in list(self._maps_read):
+            if key not in live:
+                del self._maps_read[key]
         for key in list(self._maps):
             if key not in live:
                 self._exited_maps[key] = self._maps.pop(key)
@@ -174,24 +205,53 @@ class HostObserver:
 
         files = self.health.run("libraries", now, find)
         if files is not None:
+            if files != self._library_files:  # else the same matcher: maps may be skipped
+                self._matcher = LibraryMatcher(self.config.libraries,
+                                               {f.library: f for f in files})
             self._library_files = files
-            self._matcher = LibraryMatcher(self.config.libraries,
-                                           {f.library: f for f in files})
 
-    def _refresh_maps(self, now: float, pids: frozenset[int] | None) -> None:
+    def _refresh_maps(self, now: float, pids: frozenset[int] | None, *,
+                      skip_unchanged: bool = False) -> None:
         def read() -> None:
             for process in self._processes:
                 if pids is not None and process.pid not in pids:
                     continue
-                libraries, maps = read_process_libraries(self.procfs, process.pid, self._matcher)
-                if libraries.readable and not maps:
-                    # Only a zombie maps nothing at all; keep the last state until it is reaped.
+                if skip_unchanged and self._maps_unchanged(process):
+                    self._libraries[process.key] = library_mappings(
+                        self.procfs, process.pid, self._maps[process.key].selected,
+                        self._matcher)  # still re-checks whether the files were replaced
                     continue
-                self._libraries[process.key] = libraries
-                if maps:
-                    self._maps[process.key] = maps
+                self._read_maps(process)
 
         self.health.run("maps", now, read)
+
+    def _read_maps(self, process: TrackedProcess) -> None:
+        before = self._vsize(process.pid)
+        libraries, maps = read_process_libraries(self.procfs, process.pid, self._matcher)
+        if libraries.readable and not maps:
+            # Only a zombie maps nothing at all; keep the last state until it is reaped.
+            return
+        self._libraries[process.key] = libraries
+        self._maps_read.pop(process.key, None)
+        if maps:
+            self._maps[process.key] = maps
+            after = self._vsize(process.pid)
+            if before is not None and before == after:  # no change while it was read
+                self._maps_read[process.key] = _MapsRead(time.monotonic(), after,
+                                                         self._matcher)
+
+    def _maps_unchanged(self, process: TrackedProcess) -> bool:
+        last = self._maps_read.get(process.key)
+        return (last is not None and last.matcher is self._matcher
+                and time.monotonic() - last.at < MAPS_REREAD_SECONDS
+                and last.vsize == self._scanner.vsize(process.pid)
+                and process.key in self._maps)
+
+    def _vsize(self, pid: int) -> int | None:
+        try:
+            return self.procfs.stat(pid).vsize
+        except (OSError, ValueError):
+            return None
 
     def _refresh_links(self, now: float) -> None:
         def check() -> tuple[ShimLinkState, ...]:

@@ -48,19 +48,33 @@ class FileView:
         Symlink loops raise ``OSError(ELOOP)`` in both modes.
         """
         if self.is_identity:
-            return os.path.realpath(path, strict=strict)
+            try:
+                return _kernel_realpath(path)
+            except OSError:
+                if strict:
+                    raise
+                return os.path.realpath(path)  # resolves as far as it goes
         return _resolve_in_root(self.root.rstrip("/"), path, strict=strict)
+
+    # In the identity view the kernel's own lookup follows the same symlinks as the resolver
+    # does, in one call instead of one lstat per component (links are checked every refresh).
 
     def stat(self, path: str) -> os.stat_result:
         """stat() following symlinks inside this view."""
+        if self.is_identity:
+            return os.stat(path)
         return os.stat(self.outside(self.realpath(path, strict=True)))
 
     def lstat(self, path: str) -> os.stat_result:
         """lstat() of the last component; the directories above it are resolved in this view."""
+        if self.is_identity:
+            return os.lstat(path)
         parent, name = os.path.split(path)
         return os.lstat(self.outside(os.path.join(self.realpath(parent or "/", strict=True), name)))
 
     def readlink(self, path: str) -> str:
+        if self.is_identity:
+            return os.readlink(path)
         parent, name = os.path.split(path)
         return os.readlink(
             self.outside(os.path.join(self.realpath(parent or "/", strict=True), name))
@@ -80,6 +94,21 @@ HOST = FileView("/", "host")
 def process_view(procfs: str, pid: int) -> FileView:
     """The filesystem as process `pid` sees it (reading it needs ptrace access to `pid`)."""
     return FileView(os.path.join(procfs, str(pid), "root"), f"pid {pid}")
+
+
+def _kernel_realpath(path: str) -> str:
+    """``os.path.realpath(path, strict=True)`` by the kernel: open the file itself (O_PATH,
+    following every symlink) and read back the name of what was opened."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        resolved = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        resolved = ""  # no /proc of our own
+    finally:
+        os.close(fd)
+    if not resolved.startswith("/") or resolved.endswith(" (deleted)"):
+        return os.path.realpath(path, strict=True)  # unreachable from here, or just unlinked
+    return resolved
 
 
 def _resolve_in_root(root: str, path: str, *, strict: bool) -> str:

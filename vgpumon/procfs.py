@@ -8,6 +8,8 @@ vanishes or is unreadable raises the OSError of the read, which callers map to "
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 DELETED_SUFFIX = " (deleted)"
@@ -26,6 +28,7 @@ class ProcStat:
     state: str
     ppid: int
     start_ticks: int
+    vsize: int | None = None  # bytes of address space (None in a short fixture line)
 
 
 def parse_stat(data: bytes) -> ProcStat:
@@ -35,7 +38,7 @@ def parse_stat(data: bytes) -> ProcStat:
     if open_paren < 0 or close_paren < open_paren:
         raise ProcParseError("stat: no (comm)")
     fields = data[close_paren + 2:].split()
-    # After comm: state(3) ppid(4) ... starttime(22) -> indexes 0, 1, 19 of `fields`.
+    # After comm: state(3) ppid(4) ... starttime(22) vsize(23) -> indexes 0, 1, 19, 20.
     if len(fields) < 20:
         raise ProcParseError(f"stat: {len(fields)} fields after comm, expected at least 20")
     try:
@@ -45,6 +48,7 @@ def parse_stat(data: bytes) -> ProcStat:
             state=fields[0].decode("ascii", "replace"),
             ppid=int(fields[1]),
             start_ticks=int(fields[19]),
+            vsize=int(fields[20]) if len(fields) > 20 else None,
         )
     except ValueError as err:
         raise ProcParseError(f"stat: {err}") from None
@@ -144,6 +148,62 @@ def parse_maps(data: bytes) -> tuple[MappedFile, ...]:
     return tuple(result)
 
 
+def select_lines(data: bytes, patterns: Iterable[re.Pattern[bytes]]) -> bytes:
+    """The lines of `data` in which any of `patterns` matches, in order, newline-joined.
+
+    Each pattern is one C-level search over the whole buffer; lines no pattern touches cost
+    nothing. A large process's maps is thousands of lines (anonymous memory, a model's
+    weights) of which a handful name a configured library: this leaves `parse_maps` those.
+    """
+    starts: set[int] = set()
+    for pattern in patterns:
+        for match in pattern.finditer(data):
+            starts.add(data.rfind(b"\n", 0, match.start()) + 1)
+    lines = []
+    for start in sorted(starts):
+        end = data.find(b"\n", start)
+        lines.append(data[start:end] if end >= 0 else data[start:])
+    return b"\n".join(lines)
+
+
+class ProcessMaps(Sequence[MappedFile]):
+    """A process's maps as read, parsed into its file-backed mappings only when looked at.
+
+    The exit classifier keeps the maps of live and recently exited processes for crash
+    attribution, which needs them rarely; the bytes are smaller than the parsed form and
+    cost nothing to keep. `selected` is what the reader parsed at once (the lines that
+    mattered to it). True when anything was read (a zombie's maps is empty).
+    """
+
+    __slots__ = ("_files", "data", "selected")
+
+    def __init__(self, data: bytes = b"", selected: tuple[MappedFile, ...] = ()):
+        self.data = data
+        self.selected = selected
+        self._files: tuple[MappedFile, ...] | None = None
+
+    def files(self) -> tuple[MappedFile, ...]:
+        if self._files is None:
+            self._files = parse_maps(self.data)
+        return self._files
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.files()[index]
+
+    def __len__(self) -> int:
+        return len(self.files())
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return self.files() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class ProcFS:
     """Reads files of ``<root>/<pid>/``; `root` is the ``procfs:`` setting."""
 
@@ -155,24 +215,22 @@ class ProcFS:
     def path(self, pid: int, name: str = "") -> str:
         return f"{self.root}/{pid}/{name}" if name else f"{self.root}/{pid}"
 
-    def pids(self) -> list[int]:
-        """Every process ID listed (raises OSError when procfs itself is unreadable)."""
-        return [int(name) for name in os.listdir(self.root) if name.isdigit()]
+    def listing(self) -> set[str]:
+        """The names in procfs, PIDs and the rest: compare two with set operations, convert
+        only the new ones (raises OSError when procfs itself is unreadable)."""
+        return set(os.listdir(self.root))
 
     def read(self, pid: int, name: str) -> bytes:
         return read_file(self.path(pid, name))
 
     def stat(self, pid: int) -> ProcStat:
-        return parse_stat(self.read(pid, "stat"))
+        return parse_stat(read_whole_record(self.path(pid, "stat")))
 
     def cmdline(self, pid: int) -> tuple[str, ...]:
-        return parse_cmdline(self.read(pid, "cmdline"))
+        return parse_cmdline(read_whole_record(self.path(pid, "cmdline")))
 
     def exe(self, pid: int) -> str:
         return os.readlink(self.path(pid, "exe"))
-
-    def maps(self, pid: int) -> tuple[MappedFile, ...]:
-        return parse_maps(self.read(pid, "maps"))
 
     def environ(self, pid: int) -> dict[str, str]:
         return parse_environ(self.read(pid, "environ"))
@@ -185,6 +243,24 @@ class ProcFS:
     def start_time(self, start_ticks: int) -> float:
         """Unix seconds of a process start given in clock ticks since boot."""
         return self.boot_time() + start_ticks / self.clock_ticks
+
+
+def read_whole_record(path: str, chunk: int = 4096) -> bytes:
+    """A /proc file the kernel prints in one go (``stat``, ``cmdline``): a read that returns
+    less than asked is the end, so the usual second read (for the 0 of the end) is saved. It
+    is not nothing: for a process exec'ing or exiting on another CPU, each read waits for its
+    memory map, and every exec on the host is classified."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, chunk)
+        if len(data) < chunk:
+            return data
+        parts = [data]
+        while part := os.read(fd, 1 << 16):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def read_file(path: str, chunk: int = 1 << 16) -> bytes:

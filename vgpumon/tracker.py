@@ -54,9 +54,14 @@ class Tracker:
         self._link_last_change: dict[str, float] = {}
         self._events: Counter[str] = Counter()
         self._log_errors: Counter[str] = Counter()
+        # The last `counters()` and what it was made from: the loop publishes after every
+        # event and tick, mostly with nothing new to count.
+        self._version = 0
+        self._published: tuple[tuple[object, ...], Counters] | None = None
 
     def reconfigure(self, crash_loop: CrashLoopSpec) -> None:
         self._spec = crash_loop
+        self._version += 1
 
     def record(self, events: Iterable[Event]) -> list[Event]:
         """Count `events`; returns them followed by the events they caused (crash loops)."""
@@ -66,6 +71,8 @@ class Tracker:
             recorded.extend(self._apply(event))
         for event in recorded:
             self._events[event.kind] += 1
+        if recorded:
+            self._version += 1
         return recorded
 
     def tick(self, now: float) -> list[Event]:
@@ -80,6 +87,8 @@ class Tracker:
             _expire(times, now - self._spec.window)
         for event in ended:
             self._events[event.kind] += 1
+        if ended:
+            self._version += 1
         return ended
 
     def next_change(self) -> float | None:
@@ -89,22 +98,30 @@ class Tracker:
         return min(ends, default=None)
 
     def counters(self, now: float) -> Counters:
+        """The numbers now; the same object as last time when none of them changed."""
         window_start = now - self._spec.window
-        return Counters(
+        window_crashes = {g: sum(1 for t in times if t >= window_start)
+                          for g, times in self._crash_times.items()}
+        window_starts = {g: sum(1 for t in times if t >= window_start)
+                         for g, times in self._start_times.items()}
+        basis = (self._version, window_crashes, window_starts)
+        if self._published is not None and self._published[0] == basis:
+            return self._published[1]
+        counters = Counters(
             starts=_frozen(self._starts),
             exits=_frozen(self._exits),
             crashes=_frozen(self._crashes),
             last_crash=_frozen(self._last_crash),
-            window_crashes=_frozen({g: sum(1 for t in times if t >= window_start)
-                                    for g, times in self._crash_times.items()}),
-            window_starts=_frozen({g: sum(1 for t in times if t >= window_start)
-                                   for g, times in self._start_times.items()}),
+            window_crashes=_frozen(window_crashes),
+            window_starts=_frozen(window_starts),
             crash_loop=_frozen(self._looping),
             link_changes=_frozen(self._link_changes),
             link_last_change=_frozen(self._link_last_change),
             events=_frozen(self._events),
             log_errors=_frozen(self._log_errors),
         )
+        self._published = (basis, counters)
+        return counters
 
     def _apply(self, event: Event) -> list[Event]:
         if event.kind == ev.PROCESS_STARTED:

@@ -252,17 +252,31 @@ class EventSources:
         except OSError as err:
             self.daemon.health.record("exits", now, False, 0.0, err.strerror or str(err))
             return
-        self._on_kmsg(now)  # evidence for these exits may already be in the kernel log
-        for event in events:
+        kmsg_read = False
+        # A process whose exit is already in this batch is gone: classifying its exec would
+        # read an empty cmdline. A busy host's short-lived processes end here, unread.
+        exiting = {e.pid: index for index, e in enumerate(events)
+                   if e.kind == "exit" and e.is_process}
+        observer = self.daemon.observer
+        for index, event in enumerate(events):
             if not event.is_process:
                 continue  # a thread
             if event.kind == "exec":
-                state = self.daemon.observer.classify(event.pid, now)
+                if exiting.get(event.pid, -1) > index and not observer.is_tracked(event.pid):
+                    continue
+                state = observer.classify(event.pid, now)
                 if state is not None:
                     self.daemon.apply(state)
             elif event.kind == "exit":
+                if not kmsg_read and self._exit_matters(event.pid):
+                    self._on_kmsg(now)  # evidence for this exit may be in the kernel log
+                    kmsg_read = True
                 self._exited(event.pid, event.status, "proc_connector", now,
                              exited_ns=event.timestamp_ns)
+
+    def _exit_matters(self, pid: int) -> bool:
+        """A tracked process, or one whose exit is awaited; the host's other exits are not."""
+        return self.daemon.observer.is_tracked(pid) or self.daemon.classifier.is_pending(pid)
 
     def _on_pidfd(self, fd: int, now: float, waited: float = 0.0) -> None:
         assert self._pidfds is not None

@@ -151,3 +151,51 @@ def test_gpu_device_mapping_is_noticed():
     matcher = LibraryMatcher((), {})
     maps = parse_maps(maps_line("/dev/nvidia0", (0, 5), 1055).encode())
     assert library_mappings(ProcFS("/proc"), 1, maps, matcher).gpu_device
+
+
+def test_only_the_lines_of_configured_libraries_are_parsed_and_the_result_is_the_same(
+        host, tmp_path):
+    """The pre-filter over the whole maps buffer must never drop a line the matcher or the
+    GPU-device check would have used: compare with matching the full parse."""
+    config = parse_config(f"""
+libraries:
+  vgpu-cuda: {{path: {host}/usr/lib64/libcuda.so.1}}
+  vgpu-exec: {{path: {host}/usr/lib64/libvgpu-exec.so}}
+  ggml-cuda: {{name: "libggml-cuda.so*"}}
+  cuda-driver: {{name: "libcuda.so.*", driver: true}}
+  odd: {{name: "lib[]x]?d*.so"}}
+shims: [vgpu-cuda, vgpu-exec]
+groups:
+  runner: {{cmdline: "runner", expect: [vgpu-cuda, ggml-cuda]}}
+""")
+    matcher, _ = matcher_for(config)
+    shim = host / "usr/lib64/libvgpu-cuda.so"
+    st = os.stat(shim)
+    shim_dev = (os.major(st.st_dev), os.minor(st.st_dev))
+    filler = "".join(maps_line("/models/blobs/sha256-0123", (8, 1), 77, 0x10000 + i * 0x1000)
+                     + f"{0x90000000 + i * 0x1000:x}-{0x90001000 + i * 0x1000:x} rw-p "
+                       "00000000 00:00 0 \n" for i in range(500))
+    maps = (
+        filler
+        + maps_line_for(str(shim), 0x1000)
+        # the same file under another name (a bind mount in a container): identity only
+        + maps_line("/usr/lib/x86_64-linux-gnu/libshim.so", shim_dev, st.st_ino, 0x2000)
+        + maps_line(str(host / "usr/lib64/libvgpu-exec.so"), (0x99, 1), 5, 0x3000,
+                    deleted=True)
+        + maps_line("/opt/ollama/cuda_v12/libggml-cuda.so.0.1", (8, 1), 6, 0x4000)
+        + maps_line("/opt/libggml-cuda.so/inner.so", (8, 1), 7, 0x5000)
+        + maps_line("/usr/lib64/libcuda.so.575.51.03", (8, 1), 8, 0x6000)
+        + maps_line("/dev/nvidiactl", (0, 5), 1055, 0x7000)
+        + maps_line("/opt/with space/libxad9.so", (8, 1), 9, 0x8000)
+        + maps_line("/opt/lib]yd.so", (8, 1), 10, 0x9000)
+        + filler
+    )
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(15, "r", ["runner"], maps=maps, root="/")
+    procfs = ProcFS(str(proc.root))
+    libs, whole = read_process_libraries(procfs, 15, matcher)
+    assert libs == library_mappings(procfs, 15, parse_maps(maps.encode()), matcher)
+    assert {m.library for m in libs.mappings} == {"vgpu-cuda", "vgpu-exec", "ggml-cuda",
+                                                   "cuda-driver", "odd"}
+    assert libs.gpu_device
+    assert whole == parse_maps(maps.encode())  # crash attribution still sees every file

@@ -149,3 +149,24 @@ def test_rescan_and_forget(proc):
     assert scanner.rescan_pid(7300, old).group == "server"  # ...but an exec event re-reads it
     assert scanner.forget(7300).pid == 7300
     assert scanner.tracked() == ()
+
+
+def test_an_exec_of_an_unconfigured_program_costs_one_read_and_scans_look_again(proc):
+    proc.add(7400, "make", ["make", "-j2"], start_ticks=100)
+    proc.make_unreadable(7400, "stat")  # would fail the classification if it were read
+    scanner, now = scanner_for(proc)
+    assert scanner.rescan_pid(7400, now) is None
+    proc.remove(7400)
+    proc.add(7400, "ollama", RUNNER, start_ticks=100)  # argv rewritten without an exec
+    assert [p.group for p in scanner.scan(now)] == ["runner"]  # young: looked at again
+
+
+def test_a_pid_that_went_away_and_came_back_between_scans_is_new(proc):
+    proc.add(7500, "bash", ["bash"], start_ticks=100)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    old = proc.start_time(100) + 3600
+    assert scanner.scan(old) == ()
+    scanner.forget(7500)  # its exit event
+    proc.set_stat(7500, "ollama", start_ticks=200)  # the PID reused by a runner, no exec event
+    proc.set_cmdline(7500, RUNNER)
+    assert [p.group for p in scanner.scan(old)] == ["runner"]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from vgpumon.procfs import (
+    ProcessMaps,
     ProcParseError,
     parse_boot_time,
     parse_cmdline,
     parse_environ,
     parse_maps,
     parse_stat,
+    select_lines,
 )
 
 STAT_TAIL = b"0 -1 4194560 100 0 0 0 1 2 0 0 20 0 8 0 123456 1000 100 18446744073709551615"
@@ -126,3 +129,20 @@ def test_parse_maps_of_this_process_finds_libc():
 @pytest.mark.parametrize("data", [b"", b"\n\n", b"garbage line\n", b"zz-yy r--p 0 0:0 5 /x\n"])
 def test_parse_maps_tolerates_junk(data):
     assert parse_maps(data) == ()
+
+
+def test_select_lines_keeps_matching_lines_in_order():
+    data = b"a 1\nb /x/lib.so\nc 3\nd /y/lib.so (deleted)\ne /dev/nvidia0"
+    patterns = [re.compile(rb"/lib\.so(?: \(deleted\))?$", re.MULTILINE),
+                re.compile(rb"/dev/nvidia")]
+    assert select_lines(data, patterns) == b"b /x/lib.so\nd /y/lib.so (deleted)\ne /dev/nvidia0"
+    assert select_lines(data, [re.compile(rb"nothing")]) == b""
+    assert select_lines(b"", patterns) == b""
+
+
+def test_process_maps_parse_on_first_look_and_compare_like_the_parse():
+    maps = ProcessMaps(MAPS)
+    assert maps and not ProcessMaps()
+    assert maps == parse_maps(MAPS)
+    assert [f.path for f in maps] == [f.path for f in parse_maps(MAPS)]
+    assert ProcessMaps() == ()

@@ -96,3 +96,18 @@ def test_window_starts_count_restarts():
     assert tracker.counters(55).window_starts == {"server": 3}
     tracker.tick(100)
     assert tracker.counters(100).window_starts == {"server": 1}
+
+
+def test_counters_are_the_same_object_until_something_changes():
+    """The exporter reuses its families while the published counters are the same object."""
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    tracker.record([exited(0, "crash")])
+    first = tracker.counters(1)
+    assert tracker.counters(2) is first
+    tracker.record([Event(3, ev.PROCESS_STARTED, {"group": "runner", "pid": 2})])
+    second = tracker.counters(4)
+    assert second is not first and second.starts == {"runner": 1}
+    assert tracker.counters(61).window_crashes == {"runner": 0}  # the crash left the window
+    assert tracker.counters(61) is not second
+    tracker.reconfigure(CrashLoopSpec(crashes=3, window=600))
+    assert tracker.counters(62).window_crashes == {"runner": 1}

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vgpumon.config import LibrarySpec
 from vgpumon.paths import FileView
-from vgpumon.procfs import MappedFile, ProcFS
+from vgpumon.procfs import MappedFile, ProcessMaps, ProcFS, parse_maps, select_lines
 
 GPU_DEVICE_PREFIX = "/dev/nvidia"
 
@@ -100,6 +101,27 @@ class LibraryMatcher:
             if found is not None and found.present:
                 self._by_identity.setdefault((found.dev, found.inode), []).append(spec.name)
             self._by_basename.setdefault(os.path.basename(resolved), []).append(spec.name)
+        self.maps_patterns = self._maps_patterns()
+
+    def _maps_patterns(self) -> tuple[re.Pattern[bytes], ...]:
+        """Searches that find every maps line `libraries_of` or the GPU-device check could
+        care about (and a few more, which the parse then drops): the path's last component
+        is a configured basename or fits a glob, or the line's ``dev inode`` is a `path:`
+        library's, or the path starts with the NVIDIA device prefix."""
+        names = [re.escape(name).encode("utf-8", "surrogateescape")
+                 for name in self._by_basename]
+        names += [_glob_superset(pattern) for _name, pattern in self._globs]
+        ending = b"|(?:" + b"|".join(names) + rb")(?: \(deleted\))?$" if names else b""
+        device = re.escape(GPU_DEVICE_PREFIX[1:]).encode()
+        patterns = [re.compile(b"/(?:" + device + ending + b")", re.MULTILINE)]
+        inodes: dict[int, list[bytes]] = {}
+        for dev, inode in self._by_identity:
+            inodes.setdefault(dev, []).append(str(inode).encode())
+        for dev, numbers in sorted(inodes.items()):
+            # The kernel prints the device as %02x:%02x (major, minor) and the inode in decimal.
+            prefix = f" {os.major(dev):02x}:{os.minor(dev):02x} ".encode()
+            patterns.append(re.compile(re.escape(prefix) + b"(?:" + b"|".join(numbers) + b") "))
+        return tuple(patterns)
 
     def libraries_of(self, mapped: MappedFile) -> list[tuple[str, bool]]:
         """(library, matched by file identity) for every library `mapped` is."""
@@ -146,14 +168,26 @@ def _replaced(procfs: ProcFS, pid: int, mapped: MappedFile) -> bool:
 
 
 def read_process_libraries(procfs: ProcFS, pid: int,
-                           matcher: LibraryMatcher) -> tuple[ProcessLibraries,
-                                                             tuple[MappedFile, ...]]:
-    """Read and match `pid`'s maps; permission problems are "unreadable", never "not loaded"."""
+                           matcher: LibraryMatcher) -> tuple[ProcessLibraries, ProcessMaps]:
+    """Read and match `pid`'s maps; permission problems are "unreadable", never "not loaded".
+
+    Only the lines the matcher's patterns select are parsed; the whole maps is returned
+    as read, parsed later if ever needed."""
     try:
-        maps = procfs.maps(pid)
+        data = procfs.read(pid, "maps")
     except OSError as err:
-        return ProcessLibraries(readable=False, error=_describe(err)), ()
-    return library_mappings(procfs, pid, maps, matcher), maps
+        return ProcessLibraries(readable=False, error=_describe(err)), ProcessMaps()
+    maps = parse_maps(select_lines(data, matcher.maps_patterns))
+    return library_mappings(procfs, pid, maps, matcher), ProcessMaps(data, maps)
+
+
+def _glob_superset(pattern: str) -> bytes:
+    """A regex for the basenames `pattern` fits, and perhaps more: every wildcard (``*``,
+    ``?``, ``[...]``) becomes "anything on this line"; `fnmatchcase` decides afterwards."""
+    parts = re.split(r"(\*|\?|\[!?\]?[^\]]*\]?)", pattern)
+    regex = "".join("[^\n]*" if index % 2 else re.escape(part)
+                    for index, part in enumerate(parts))
+    return regex.encode("utf-8", "surrogateescape")
 
 
 def _describe(err: OSError) -> str:

@@ -1,0 +1,85 @@
+"""The observer's full refresh skips a maps whose process's address space kept its size, and
+only then: over a fixture /proc tree whose stat and maps are changed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.core.fakeproc import FakeProc, maps_line_for
+from vgpumon import observer as observer_module
+from vgpumon.config import parse_config
+from vgpumon.observer import HostObserver
+
+RUNNER = ["/usr/local/bin/ollama", "runner", "--model", "/m/blobs/sha256-aa", "--port", "1"]
+
+
+@pytest.fixture
+def host(tmp_path):
+    lib64 = tmp_path / "root/usr/lib64"
+    lib64.mkdir(parents=True)
+    for name in ("libvgpu-cuda.so", "libvgpu-exec.so"):
+        (lib64 / name).write_bytes(name.encode())
+    proc = FakeProc(tmp_path / "proc")
+    config = parse_config(f"""
+procfs: {proc.root}
+libraries:
+  vgpu-cuda: {{path: {lib64}/libvgpu-cuda.so}}
+  vgpu-exec: {{path: {lib64}/libvgpu-exec.so}}
+shims: [vgpu-cuda, vgpu-exec]
+links: []
+groups:
+  runner: {{cmdline: "ollama runner", expect: [vgpu-cuda, vgpu-exec]}}
+""")
+    return proc, lib64, HostObserver(config)
+
+
+def set_vsize(proc: FakeProc, pid: int, vsize: int) -> None:
+    stat = proc.root / str(pid) / "stat"
+    fields = stat.read_text().split(" ")
+    fields[22] = str(vsize)  # pid (comm) state ... starttime vsize: field 23
+    stat.write_text(" ".join(fields))
+
+
+def mapped(observer: HostObserver, now: float) -> set[str]:
+    state = observer.refresh(now).processes[0]
+    return {m.library for m in state.libraries.mappings}
+
+
+def test_maps_are_read_again_when_the_address_space_changes_size(host):
+    proc, lib64, observer = host
+    proc.add(10, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))
+    assert mapped(observer, 1.0) == {"vgpu-cuda"}
+    proc.set_maps(10, maps_line_for(str(lib64 / "libvgpu-cuda.so"))
+                  + maps_line_for(str(lib64 / "libvgpu-exec.so"), 0x7F0000100000))
+    assert mapped(observer, 2.0) == {"vgpu-cuda"}  # same vsize: the last read stands
+    set_vsize(proc, 10, 5000)
+    assert mapped(observer, 3.0) == {"vgpu-cuda", "vgpu-exec"}
+
+
+def test_an_event_driven_read_never_skips(host):
+    proc, lib64, observer = host
+    proc.add(11, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))
+    assert mapped(observer, 1.0) == {"vgpu-cuda"}
+    proc.set_maps(11, maps_line_for(str(lib64 / "libvgpu-exec.so")))
+    state = observer.refresh_maps(2.0).processes[0]
+    assert {m.library for m in state.libraries.mappings} == {"vgpu-exec"}
+
+
+def test_an_unchanged_looking_maps_is_read_again_after_a_while(host, monkeypatch):
+    proc, lib64, observer = host
+    proc.add(12, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))
+    assert mapped(observer, 1.0) == {"vgpu-cuda"}
+    proc.set_maps(12, maps_line_for(str(lib64 / "libvgpu-exec.so")))
+    monkeypatch.setattr(observer_module, "MAPS_REREAD_SECONDS", 0.0)
+    assert mapped(observer, 2.0) == {"vgpu-exec"}
+
+
+def test_a_replaced_library_file_makes_every_maps_read_again(host):
+    proc, lib64, observer = host
+    shim = lib64 / "libvgpu-cuda.so"
+    proc.add(13, "ollama", RUNNER, maps=maps_line_for(str(shim)))
+    assert mapped(observer, 1.0) == {"vgpu-cuda"}
+    proc.set_maps(13, maps_line_for(str(lib64 / "libvgpu-exec.so")))
+    (lib64 / "new").write_bytes(b"new build")
+    (lib64 / "new").rename(shim)  # a new inode under the configured path
+    assert mapped(observer, 2.0) == {"vgpu-exec"}

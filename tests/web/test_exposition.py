@@ -1,0 +1,70 @@
+"""/metrics bodies from the exposition cache are byte for byte what prometheus-client's
+encoders write, for every format Prometheus negotiates, and never stale."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from tests.web.conftest import published
+from vgpumon.exporter import VgpumonCollector
+from vgpumon.exposition import ExpositionCache
+from vgpumon.publication import Publisher
+from vgpumon.sources.links import ShimLinkState
+
+ACCEPTS = (
+    "",
+    "text/plain;version=0.0.4",
+    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;"
+    "version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8",
+)
+
+
+def registry_over(publisher: Publisher) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(VgpumonCollector(lambda: publisher.current))
+    return registry
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_cached_body_is_what_the_encoder_writes(accept):
+    publisher = Publisher(published())
+    registry = registry_over(publisher)
+    cache = ExpositionCache()
+    encoder, content_type = choose_encoder(accept)
+    for _ in range(2):  # the second time from the cache
+        assert cache.render(registry, accept) == (encoder(registry), content_type)
+
+
+def test_a_changed_snapshot_is_rendered_anew():
+    publisher = Publisher(published())
+    registry = registry_over(publisher)
+    cache = ExpositionCache()
+    before, _ = cache.render(registry, "")
+    link = ShimLinkState("/usr/lib64/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so", "host", "ok")
+    current = publisher.current
+    publisher.publish(dataclasses.replace(
+        current, state=dataclasses.replace(current.state, links=(link,))))
+    after, _ = cache.render(registry, "")
+    assert b'path="/usr/lib64/libcuda.so.1"' in after and after != before
+    encoder, _ = choose_encoder("")
+    assert after == encoder(registry)
+
+
+def test_a_heartbeat_alone_reuses_the_families_and_anything_else_does_not():
+    publisher = Publisher(published())
+    collector = VgpumonCollector(lambda: publisher.current)
+    first = list(collector.collect())
+    current = publisher.current
+    later = dataclasses.replace(current.runtime, heartbeat=current.runtime.heartbeat + 1)
+    publisher.publish(dataclasses.replace(current, runtime=later))
+    assert all(a is b for a, b in zip(first, collector.collect(), strict=True))
+    publisher.publish(dataclasses.replace(
+        publisher.current,
+        runtime=dataclasses.replace(publisher.current.runtime, event_log_dropped=3)))
+    dropped = next(m for m in collector.collect() if m.name == "vgpumon_event_log_dropped")
+    assert dropped.samples[0].value == 3
