@@ -57,7 +57,8 @@ class Toolchain:
 
 
 def _python_flags() -> tuple[list[str], list[str], dict[str, str]]:
-    paths = sysconfig.get_paths()
+    # In a virtual environment the stdlib and lib-dynload are the base interpreter's.
+    paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
     include = [f"-I{paths['include']}", f"-I{paths['platinclude']}"]
     libdir = sysconfig.get_config_var("LIBDIR")
     ver = sysconfig.get_config_var("LDVERSION") or sysconfig.get_config_var("VERSION")
@@ -70,8 +71,9 @@ def _python_flags() -> tuple[list[str], list[str], dict[str, str]]:
     link += (sysconfig.get_config_var("SYSLIBS") or "").split()
     lib_dynload = Path(paths["platstdlib"]) / "lib-dynload"
     defines = {
-        "SIMHOST_PYTHON_EXECUTABLE": sys.executable,
-        "SIMHOST_PYTHON_HOME": sys.prefix,
+        # The base interpreter, not a virtual environment's: the stdlib lives there.
+        "SIMHOST_PYTHON_EXECUTABLE": getattr(sys, "_base_executable", sys.executable),
+        "SIMHOST_PYTHON_HOME": sys.base_prefix,
         "SIMHOST_SEARCH_PATH": ":".join([str(REPO), paths["stdlib"], str(lib_dynload)]),
         "SIMHOST_MODULE": ENTRY_MODULE,
     }
