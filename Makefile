@@ -1,4 +1,5 @@
-# vgpumon: the two commands of the README are `make run` and `make test`.
+# vgpumon. The README's two commands: run it with `pip install . && vgpumon run --config
+# config/vgpumon.yaml` (or `make run`), test it with `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -164,7 +164,7 @@ def unprivileged_command(workdir: Path) -> tuple[list[str], dict[str, str]]:
 
     site = workdir / "site"
     site.mkdir(exist_ok=True)
-    for name in ("vgpumon", "psutil", "prometheus_client", "yaml", "inotify_simple"):
+    for name in ("vgpumon", "prometheus_client", "yaml", "inotify_simple"):
         module = importlib.import_module(name)
         source = Path(module.__file__)
         if source.name == "__init__.py":

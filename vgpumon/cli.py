@@ -225,7 +225,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from vgpumon.ollama.replay import ReplayStats, replay
+    from vgpumon.ollama.replay import ReplayStats, local_timezone, replay
     from vgpumon.timeline import format_timeline
 
     stats = ReplayStats()
@@ -235,7 +235,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"vgpumon: cannot read {args.log}: {err.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        events = replay(handle, stats=stats, log_format=args.format)
+        events = replay(handle, stats=stats, log_format=args.format,
+                        local_tz=local_timezone())
         if args.json:
             for event in events:
                 print(event.to_json())

@@ -180,29 +180,28 @@ class Daemon:
             deadline = min(deadline, time.monotonic() + ping_in)
         for key, _mask in self._selector.select(max(0.0, deadline - time.monotonic())):
             handler: Handler = key.data
-            self._guarded(handler, time.time())
+            self._guarded(handler, _qualname(handler))
         while self._timers and self._timers[0][0] <= time.monotonic():
             action = heapq.heappop(self._timers)[2]
-            self._guarded(lambda _now, action=action: action(), time.time())
+            self._guarded(lambda _now, action=action: action(), _qualname(action))
         if self._reload_requested:
             self._reload_requested = False
-            self.reload()
+            self._guarded(lambda _now: self.reload(), "reload")
         if time.monotonic() >= self._next_refresh:
-            self.refresh_now()
+            self._guarded(lambda _now: self.refresh_now(), "refresh")
         else:
             self.heartbeat()
         if self.watchdog.due(time.monotonic()):
             # Sent from the loop itself: a wedged loop stops pinging and systemd restarts it.
             self.watchdog.kick(time.monotonic())
 
-    def _guarded(self, handler: Handler, now: float) -> None:
-        """Run one event handler; a bug in one source must not stop the daemon."""
+    def _guarded(self, handler: Handler, name: str) -> None:
+        """Run one handler; a bug in one source must not stop the daemon (logged once each)."""
         try:
-            handler(now)
+            handler(time.time())
         except Exception:
-            name = getattr(handler, "__qualname__", repr(handler))
             if name not in self._failed_handlers:
-                log.exception("event handler failed handler=%s (logged once)", name)
+                log.exception("handler failed handler=%s (logged once)", name)
                 self._failed_handlers.add(name)
 
     def refresh_now(self) -> None:
@@ -222,6 +221,7 @@ class Daemon:
             self.server.server_close()
             self.server = None
         self.event_log.close()
+        self.observer.close()
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -310,18 +310,23 @@ class Daemon:
             self.set_runtime(config_reload_success=False, config_reload_timestamp=now)
             notify("READY=1")
             return
-        if config.listen != self.config.listen:
-            log.warning("listen changed; restart vgpumon to apply it old=%s new=%s",
-                        self.config.listen, config.listen)
+        for key in ("listen", "exit_watch"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed; restart vgpumon to apply it old=%s new=%s", key,
+                            getattr(self.config, key), getattr(config, key))
         self.config = config
         self.web_access = web_access
         if self.server is not None:
             self.server.set_web_config(web_access)
+        self.observer.close()
         self.observer = HostObserver(config, self.health)
+        if config.nvml == "off":
+            self.health.forget("nvml")
         self.tracker.reconfigure(config.crash_loop)
         if config.events.file != self.event_log.path:
             self.event_log.close()
             self.event_log = EventLog(config.events.file, config.events.max_bytes)
+        self.event_log.max_bytes = config.events.max_bytes
         self._recent = deque(self._recent, maxlen=config.events.memory)
         self.set_runtime(config_reload_success=True, config_reload_timestamp=now)
         self.start()
@@ -362,6 +367,10 @@ class Daemon:
 
     def _on_reload_signal(self, _signum: int, _frame: object) -> None:
         self._reload_requested = True
+
+
+def _qualname(action: Callable[..., object]) -> str:
+    return getattr(action, "__qualname__", repr(action))
 
 
 def _drain(sock: socket.socket) -> None:

@@ -334,13 +334,16 @@ def _build_id(read_at: ReadAt, lay: _Layout, segments: tuple[_Segment, ...]) -> 
             continue
         size = min(seg.filesz, _MAX_NOTES)
         notes = _read_exact(read_at, seg.offset, size, "note segment")
-        found = _find_build_id(notes, lay.order, 8 if seg.align == 8 else 4)
+        found = _find_build_id(notes, lay.order, 8 if seg.align == 8 else 4,
+                               cut=size < seg.filesz)
         if found is not None:
             return found
     return None
 
 
-def _find_build_id(notes: bytes, order: str, align: int) -> str | None:
+def _find_build_id(notes: bytes, order: str, align: int, *, cut: bool = False) -> str | None:
+    """The build-id in a PT_NOTE segment's bytes; `cut` says they stop at our read limit,
+    so a note running past the end is ours to skip, not a broken file."""
     at = 0
     while at + 12 <= len(notes):
         namesz, descsz, ntype = struct.unpack_from(order + "III", notes, at)
@@ -348,6 +351,8 @@ def _find_build_id(notes: bytes, order: str, align: int) -> str | None:
         desc_at = at + _align(12 + namesz, align)
         end = at + _align(desc_at - at + descsz, align)
         if desc_at + descsz > len(notes):
+            if cut:
+                return None
             raise ElfError("truncated note in PT_NOTE segment")
         if ntype == NT_GNU_BUILD_ID and notes[name_at : name_at + namesz] == b"GNU\0":
             return notes[desc_at : desc_at + descsz].hex()

@@ -171,7 +171,7 @@ class ExitClassifier:
     def _event(self, pending: _Pending, reason: str, go_crash: Evidence | None) -> Event:
         process, status = pending.process, pending.status
         fields: dict[str, object] = {"group": process.group, "pid": process.pid,
-                                     "reason": reason}
+                                     "ppid": process.ppid, "reason": reason}
         if status is not None and status.exit_code is not None:
             fields["exit_code"] = status.exit_code
         if status is not None and status.signal is not None:
@@ -180,6 +180,8 @@ class ExitClassifier:
                 fields["core_dumped"] = True
         if process.model_arg:
             fields["model"] = process.model_arg
+        if process.container:
+            fields["container"] = process.container
         if reason in exits.CRASH_REASONS and reason != exits.OOM:
             library = self._crash_library(pending, go_crash)
             if library:

@@ -33,7 +33,7 @@ EXIT_MECHANISMS = ("proc_connector", "pidfd", "poll")
 # The model label is bounded by the locally pulled models; this caps it even so.
 MAX_MODELS = 100
 MAX_LABEL = 200
-OVERFLOW_SOURCES = ("proc_connector", "inotify")
+OVERFLOW_SOURCES = ("proc_connector", "inotify", "kmsg")
 
 
 class VgpumonCollector(Collector):
@@ -267,16 +267,19 @@ def loaded_models(published: Published) -> dict[str, LoadedModel]:
     ollama = published.state.ollama
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
     models: dict[str, LoadedModel] = {}
-    if ollama.api is not None and ollama.api.up:
+    if ollama.up:
         for model in ollama.api.models:
             blob = blob_of_name.get(model.name)
             label = model.name if blob is not None else model_label(model.digest, {})
             models.setdefault(label[:MAX_LABEL], LoadedModel(blob, model))
+    listed = {loaded.offload_key for loaded in models.values()}
     for state in published.state.processes:
         argument = state.process.model_arg
         if not argument:
             continue
         blob = blob_digest_from_model_arg(argument)
+        if blob is not None and blob in listed:
+            continue  # already there under the name /api/ps gave it
         if blob is not None:
             label = model_label(blob, ollama.names)
         else:  # a model file given directly (llama-server -m FILE)
@@ -292,7 +295,7 @@ def ollama_families(published: Published) -> Iterator[Metric]:
         up = GaugeMetricFamily("vgpumon_ollama_up", "Whether Ollama's API answered.")
         up.add_metric([], 1 if api.up else 0)
         yield up
-    version = (api.version if api is not None and api.up else None) or ollama.version
+    version = (api.version if ollama.up else None) or ollama.version
     if version:
         info = GaugeMetricFamily("vgpumon_ollama_info", "The Ollama version.",
                                  labels=["version"])
@@ -312,7 +315,7 @@ def ollama_families(published: Published) -> Iterator[Metric]:
             gpu_info.add_metric([gpu.id[:MAX_LABEL], gpu.library[:MAX_LABEL],
                                  gpu.name[:MAX_LABEL]], 1)
         yield from (gpus, gpu_info)
-    if api is not None and api.up:
+    if ollama.up:
         loaded = GaugeMetricFamily("vgpumon_ollama_models_loaded", "Models loaded (/api/ps).")
         loaded.add_metric([], len(api.models))
         yield loaded

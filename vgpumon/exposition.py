@@ -71,7 +71,8 @@ def _content_key(content_type: str, family: Any) -> Hashable | None:
     (exemplars, native histograms), which is then encoded every time."""
     samples = []
     for sample in family.samples:
-        if sample.exemplar is not None or sample.native_histogram is not None:
+        # native_histogram exists from prometheus-client 0.21 on.
+        if sample.exemplar is not None or getattr(sample, "native_histogram", None) is not None:
             return None
         samples.append((sample.name, tuple(sample.labels.items()), sample.value,
                         sample.timestamp))

@@ -120,6 +120,12 @@ class HostObserver:
         self._set_processes(self._scanner.tracked())
         return gone, self.snapshot(now)
 
+    def close(self) -> None:
+        """Release what the sources hold (NVML)."""
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None
+
     # -- queries -------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> HostState:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 
 from vgpumon import events as ev
 from vgpumon.config import Config
@@ -20,15 +19,13 @@ from vgpumon.events import Event
 from vgpumon.exitclassifier import GO_CRASH, LOG_EXIT, Evidence
 from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.manifests import BlobNames, model_names_by_blob
-from vgpumon.ollama.replay import records_of_line
+from vgpumon.ollama.replay import local_timezone, records_of_line
 from vgpumon.ollama.state import OllamaFacts
 from vgpumon.sources.ollama_api import OllamaApiPoller, poll
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 
 log = logging.getLogger(__name__)
 
-# Ollama's Go-log era writes local time without a zone: read it in this host's zone.
-LOCAL_TIMEZONE = datetime.now().astimezone().tzinfo or UTC
 # Events after which /api/ps is likely to have changed.
 API_CHANGING_EVENTS = frozenset({ev.RUNNER_STARTED, ev.RUNNER_READY, ev.RUNNER_EXITED,
                                  ev.OFFLOAD, ev.PROCESS_STARTED, ev.PROCESS_EXITED})
@@ -70,7 +67,13 @@ class OllamaSources:
         if log_spec.journal_unit:
             return JournalFollower(log_spec.journal_unit, self._journalctl)
         if log_spec.file:
-            return FileFollower(log_spec.file)
+            try:
+                return FileFollower(log_spec.file)
+            except OSError as err:  # no inotify instance left (fs.inotify.max_user_instances)
+                self.daemon.health.record("ollama_log", time.time(), False, 0.0,
+                                          f"cannot follow {log_spec.file}: {err.strerror}")
+                return None
+        self.daemon.health.forget("ollama_log")  # no log configured: no such collector
         return None
 
     def _reconfigure(self, config: Config) -> None:
@@ -82,6 +85,7 @@ class OllamaSources:
         self._poller = OllamaApiPoller(config.ollama.url, config.ollama.timeout,
                                        config.interval)
         self._follower, self._follower_fd = self._make_follower(), None
+        self._names_at = 0.0  # models_dir may have changed
         self._poller.start()
         self.daemon.watch(self._poller.fileno(), self._on_api)
         self.daemon.classifier.ollama_log = self._follower is not None
@@ -147,7 +151,7 @@ class OllamaSources:
         self.daemon.record(events, now)
 
     def _interpret(self, line: bytes, now: float) -> list[Event]:
-        records = records_of_line(line, self._follower.format, LOCAL_TIMEZONE)
+        records = records_of_line(line, self._follower.format, local_timezone())
         events: list[Event] = []
         for record in records or ():
             events += self._interpreter.feed(record, self._time_of(record, now))
@@ -176,7 +180,7 @@ class OllamaSources:
             return
         fed = 0
         for line in self._follower.catch_up(server.start_time):
-            for record in records_of_line(line, self._follower.format, LOCAL_TIMEZONE) or ():
+            for record in records_of_line(line, self._follower.format, local_timezone()) or ():
                 self.facts.apply(self._interpreter.feed(record, self._time_of(record, now)))
                 fed += 1
         self.facts.apply(self._interpreter.flush(now))

@@ -169,10 +169,10 @@ def select_lines(data: bytes, patterns: Iterable[re.Pattern[bytes]]) -> bytes:
 class ProcessMaps(Sequence[MappedFile]):
     """A process's maps as read, parsed into its file-backed mappings only when looked at.
 
-    The exit classifier keeps the maps of live and recently exited processes for crash
-    attribution, which needs them rarely; the bytes are smaller than the parsed form and
-    cost nothing to keep. `selected` is what the reader parsed at once (the lines that
-    mattered to it). True when anything was read (a zombie's maps is empty).
+    The observer keeps the maps of live and recently exited processes for the exit
+    classifier's crash attribution, which needs them rarely; the bytes are smaller than the
+    parsed form and cost nothing to keep. `selected` is what the reader parsed at once (the
+    lines that mattered to it). True when anything was read (a zombie's maps is empty).
     """
 
     __slots__ = ("_files", "data", "selected")

@@ -46,18 +46,6 @@ class HostState:
     def in_group(self, group: str) -> tuple[ProcessState, ...]:
         return tuple(p for p in self.processes if p.process.group == group)
 
-    def process(self, pid: int) -> ProcessState | None:
-        for state in self.processes:
-            if state.process.pid == pid:
-                return state
-        return None
-
-    def collector(self, name: str) -> CollectorStatus | None:
-        for status in self.collectors:
-            if status.name == name:
-                return status
-        return None
-
 
 @dataclass(frozen=True)
 class SnapshotDiff:
@@ -71,7 +59,9 @@ def diff(old: HostState, new: HostState) -> SnapshotDiff:
     their exit status from another source."""
     old_by_key = {p.process.key: p for p in old.processes}
     new_by_key = {p.process.key: p for p in new.processes}
-    started = tuple(p for key, p in new_by_key.items() if key not in old_by_key)
+    # A process that re-exec'd into another group (same PID and start time) starts there.
+    started = tuple(p for key, p in new_by_key.items()
+                    if key not in old_by_key or old_by_key[key].process.group != p.process.group)
     vanished = tuple(p for key, p in old_by_key.items() if key not in new_by_key)
     changes: list[Event] = []
     for key, now_state in new_by_key.items():

@@ -16,7 +16,7 @@ import time
 from vgpumon import events as ev
 from vgpumon.daemon import Daemon
 from vgpumon.events import Event
-from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence, ExitClassifier
+from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence
 from vgpumon.sources.fswatch import FsWatcher, plan_watches
 from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, parse_segfault
 from vgpumon.sources.pidfds import PidfdWatcher, StatusNotYet, exit_status
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # A runner that loads a library produces a burst of IN_OPEN events; re-read maps at most this
 # often (the first event is handled at once, the rest of the burst once more at the end).
 MAPS_REFRESH_MIN_GAP = 0.05
+FULL_REFRESH_MIN_GAP = 0.5
 # When to read a new process's maps again after it was first seen (seconds).
 NEW_PROCESS_MAPS_READS = (0.05, 0.25, 1.0, 3.0)
 # Opening these device files is what creating a CUDA context looks like to inotify. Watched
@@ -79,11 +80,8 @@ class EventSources:
         mechanism = self._open_exit_source(now)
         self._open_kmsg(now)
         self._open_fswatch(now)
-        self.daemon.classifier = ExitClassifier(
-            status_source=None if mechanism == "poll" else mechanism,
-            kernel_log=self._kmsg is not None,
-            ollama_log=self.daemon.classifier.ollama_log,
-        )
+        self.daemon.classifier.status_source = None if mechanism == "poll" else mechanism
+        self.daemon.classifier.kernel_log = self._kmsg is not None
         self.daemon.set_runtime(exit_mechanism=mechanism)
         self.daemon.after_refresh(self._after_refresh)
         self.daemon.on_events(self._on_events)
@@ -157,6 +155,10 @@ class EventSources:
         if self._pidfds is not None:
             self._sync_pidfds()
         self._still_healthy(now)
+
+    def _exits_healthy(self) -> bool:
+        status = self.daemon.health.status("exits")
+        return status is None or status.success
 
     def _still_healthy(self, now: float) -> None:
         """An event source with nothing to report is fine: renew its last success."""
@@ -252,6 +254,8 @@ class EventSources:
         except OSError as err:
             self.daemon.health.record("exits", now, False, 0.0, err.strerror or str(err))
             return
+        if not self._exits_healthy():
+            self.daemon.health.record("exits", now, True, 0.0)
         kmsg_read = False
         # A process whose exit is already in this batch is gone: classifying its exec would
         # read an empty cmdline. A busy host's short-lived processes end here, unread.
@@ -296,15 +300,19 @@ class EventSources:
             status = None
         self._pidfds.unwatch(*target)
         self._on_kmsg(now)
-        self._exited(target[0], status, "pidfd", now)
+        self._exited(target[0], status, "pidfd", now, key=target)
 
     def _exited(self, pid: int, status: int | None, source: str, now: float, *,
-                exited_ns: int | None = None) -> None:
+                exited_ns: int | None = None, key: tuple[int, int] | None = None) -> None:
+        """`exited_ns` (connector) or `key` (pidfd) tell which process of that PID exited."""
         observer, classifier = self.daemon.observer, self.daemon.classifier
         current = next((p for p in observer.tracked() if p.pid == pid), None)
-        if (current is not None and exited_ns is not None
+        successor = current is not None and (
+            (key is not None and current.key != key)
+            or (exited_ns is not None
                 and started_after(current.start_ticks, exited_ns + _suspended_ns(),
-                                  observer.procfs.clock_ticks)):
+                                  observer.procfs.clock_ticks)))
+        if successor:
             # The exit of an earlier process with this PID; a scan already found its successor.
             if classifier.status_of_pending(pid, status, source):
                 self.daemon.record((), now)
@@ -326,6 +334,11 @@ class EventSources:
             self.daemon.health.record("kmsg", now, False, 0.0, err.strerror or str(err))
             return
         self.daemon.health.record("kmsg", now, True, 0.0)
+        if self._kmsg.lost != self._overflows.get("kmsg", 0):
+            # Records overwritten in the kernel's ring before we read them: nothing to rescan,
+            # but a crash's evidence may be among them.
+            self._overflows["kmsg"] = self._kmsg.lost
+            self.daemon.set_runtime(overflows=dict(self._overflows))
         for record in records:
             if record.facility != KERNEL_FACILITY:
                 continue
@@ -358,9 +371,12 @@ class EventSources:
             self._refresh_maps_soon(now)
 
     def _refresh_maps_soon(self, now: float) -> None:
-        """Re-read maps now, or, inside a burst, once more when the burst has had time."""
+        """Re-read maps now, or, inside a burst, once more when the burst has had time.
+        Without exec events the refresh must also look for new processes: a full refresh,
+        which is throttled harder."""
+        min_gap = MAPS_REFRESH_MIN_GAP if self._connector is not None else FULL_REFRESH_MIN_GAP
         gap = time.monotonic() - self._last_maps_refresh
-        if gap >= MAPS_REFRESH_MIN_GAP:
+        if gap >= min_gap:
             self._last_maps_refresh = time.monotonic()
             if self._connector is None:
                 # No exec events: the process loading the library may be new; look for it.
@@ -375,7 +391,7 @@ class EventSources:
                 self._maps_refresh_pending = False
                 self._refresh_maps_soon(time.time())
 
-            self.daemon.call_later(MAPS_REFRESH_MIN_GAP - gap, later)
+            self.daemon.call_later(min_gap - gap, later)
 
     def _overflow(self, source: str) -> None:
         self._overflows[source] = self._overflows.get(source, 0) + 1

@@ -1,6 +1,8 @@
 """The HTTP endpoints: /metrics, /healthz, / (landing page), /state and /events.
 
-Handlers only read `Publisher.current`; nothing here touches /proc or blocks on the loop.
+Handlers only read `Publisher.current` and never block on the loop; the only /proc read on
+the scrape path is prometheus-client's process collector of vgpumon's own `process_*` metrics
+(/proc/self/stat and friends), as in every exporter.
 
 With a web config (`vgpumon.webconfig.WebAccess`) every connection is TLS, handshaken in its
 own thread under a deadline, and every request, /healthz included (as in the exporter

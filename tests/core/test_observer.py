@@ -83,3 +83,4 @@ def test_a_replaced_library_file_makes_every_maps_read_again(host):
     (lib64 / "new").write_bytes(b"new build")
     (lib64 / "new").rename(shim)  # a new inode under the configured path
     assert mapped(observer, 2.0) == {"vgpu-exec"}
+

@@ -535,11 +535,11 @@ EXITS = [
     ),
     (
         E + 'msg="llama runner terminated" error="signal: segmentation fault (core dumped)"',
-        {"reason": "crash", "signal": 11, "core_dumped": True},
+        {"reason": "crash", "signal": "SIGSEGV", "core_dumped": True},
     ),
     (
         W + 'msg="llama runner terminated" error="signal: killed"',
-        {"reason": "stopped", "signal": 9},
+        {"reason": "stopped", "signal": "SIGKILL"},
     ),
     (
         E + 'msg="llama-server terminated" error="exit status 1" exit=1',
@@ -547,7 +547,7 @@ EXITS = [
     ),
     (
         E + 'msg="llama-server terminated" error="signal: aborted (core dumped)" exit=unknown',
-        {"reason": "crash", "signal": 6, "exit_code": None},
+        {"reason": "crash", "signal": "SIGABRT", "exit_code": None},
     ),
     (
         E + 'msg="error loading llama server" error="llama runner process has terminated: exit '
@@ -578,7 +578,7 @@ EXITS = [
     (  # the facts' example
         'time=2024-09-03T14:12:09.777+02:00 level=WARN source=server.go:611 msg="llama runner '
         'process no longer running" sys=139 string="signal: segmentation fault (core dumped)"',
-        {"reason": "crash", "signal": 11, "core_dumped": True},
+        {"reason": "crash", "signal": "SIGSEGV", "core_dumped": True},
     ),
     (
         W + 'msg="llama runner process no longer running" sys=512',

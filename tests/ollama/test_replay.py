@@ -42,7 +42,8 @@ def test_multi_era_plain_log_events():
         for e in events
         if e.kind == "runner_exited"
     ]
-    assert exits == [("crash", 6, None), ("crash", None, "SIGSEGV"), ("stopped", 9, None)]
+    assert exits == [("crash", "SIGABRT", None), ("crash", None, "SIGSEGV"),
+                     ("stopped", "SIGKILL", None)]
     assert [e.kind for e in events].count("go_crash") == 1
 
 

@@ -62,6 +62,12 @@ CONTRACT_METRICS = frozenset({
     "vgpumon_event_log_dropped_total",
     "vgpumon_config_last_reload_success",
     "vgpumon_config_last_reload_timestamp_seconds",
+    "vgpumon_crash_loop_threshold",
+    "vgpumon_crash_loop_window_seconds",
+    "vgpumon_ollama_model_offload_estimated",
+    "vgpumon_process_container_info",
+    "vgpumon_nvml_gpus",
+    "vgpumon_process_gpu_memory_bytes",
 })
 
 _METRIC = re.compile(r"\bvgpumon_[a-z0-9_]+")

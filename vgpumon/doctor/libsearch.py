@@ -115,7 +115,7 @@ def find_candidates(view: FileView, era: Era | None, environs: Mapping[str, Mapp
             continue
         for path in glob_in_view(view, pattern.format(lib=lib_dir or "", tmp=tmp)):
             add(path, "next to the server's executable" if "{lib}" in pattern
-                else f"extracted under {tmp}")
+                else "extracted under $TMPDIR")  # the value is used, never shown
     return tuple(found.values())
 
 
@@ -175,7 +175,10 @@ def _is_dir(view: FileView, path: str) -> bool:
         return False
 
 
-def search_patterns(era: Era | None, lib_dir: str | None, tmpdir: str = "/tmp") -> list[str]:
-    """Where `find_candidates` looks besides the environment, for messages."""
+def search_patterns(era: Era | None, lib_dir: str | None) -> list[str]:
+    """Where `find_candidates` looks besides the environment, for messages (the server's
+    TMPDIR is written as $TMPDIR: environment values other than the relevant ones are never
+    shown)."""
     era = era or LATEST
-    return [p.format(lib=lib_dir or "<prefix>/lib/ollama", tmp=tmpdir) for p in era.cuda_globs]
+    return [p.format(lib=lib_dir or "<prefix>/lib/ollama", tmp="$TMPDIR")
+            for p in era.cuda_globs]

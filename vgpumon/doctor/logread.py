@@ -6,13 +6,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
 
 from vgpumon.config import OllamaLogSpec
 from vgpumon.doctor.privileges import Privileges, is_permission_problem, needs
 from vgpumon.events import Event
-from vgpumon.ollama.interpret import LogInterpreter
-from vgpumon.ollama.replay import JSON, PLAIN, records_of_line
+from vgpumon.ollama.replay import JSON, PLAIN, local_timezone, replay
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 
 
@@ -53,7 +51,10 @@ def _read_journal(unit: str, since: float, privileges: Privileges,
     if not privileges.can_read_journal:
         limited = (f"not root and not in group systemd-journal or adm: journalctl shows only "
                    f"this user's entries; {needs('journal')}")
-    lines = list(JournalFollower(unit, journalctl).catch_up(since))
+    follower = JournalFollower(unit, journalctl)
+    lines = list(follower.catch_up(since))
+    if follower.error and not lines:
+        return LogReadout(source, since, error=follower.error)
     events = interpret(lines, JSON)
     return LogReadout(source, since, len(lines), events, None, limited)
 
@@ -76,14 +77,4 @@ def _read_file(path: str, since: float) -> LogReadout:
 
 def interpret(lines: list[bytes], log_format: str) -> tuple[Event, ...]:
     """The events of `lines` (one log, in order), with the daemon's interpreter."""
-    local_tz = datetime.now().astimezone().tzinfo
-    interpreter = LogInterpreter()
-    events: list[Event] = []
-    clock = 0.0
-    for line in lines:
-        for record in records_of_line(line, log_format, local_tz) or ():
-            ts = record.ts if record.ts is not None else record.transport_ts
-            clock = ts if ts is not None else clock
-            events += interpreter.feed(record, clock)
-    events += interpreter.flush(clock)
-    return tuple(events)
+    return tuple(replay(lines, log_format=log_format, local_tz=local_timezone()))

@@ -58,7 +58,13 @@ SIGNAL_NAMES = {
     15: "SIGTERM",
     31: "SIGSYS",
 }
-SIGNAL_BY_NAME = {name: number for number, name in SIGNAL_NAMES.items()}
+
+
+def signal_name(number: int | None) -> str | None:
+    """``SIGSEGV`` for 11: the form `process_exited` uses too."""
+    if number is None:
+        return None
+    return SIGNAL_NAMES.get(number, f"SIG{number}")
 
 # Windows NTSTATUS exit codes that mean the process faulted.
 _NTSTATUS_CRASHES = frozenset({0xC0000005, 0xC000001D, 0xC0000409, 0xC0000094, 0xC00000FD})

@@ -418,7 +418,7 @@ class LogInterpreter:
         fields: dict[str, Any] = {
             "reason": status.reason,
             "exit_code": status.exit_code if status.exit_code is not None else exit_attr,
-            "signal": status.signal,
+            "signal": exits.signal_name(status.signal),
             "core_dumped": True if status.core_dumped else None,
             "message": message if message is not None else line.describe(),
         }

@@ -11,7 +11,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from vgpumon.events import Event
 from vgpumon.ollama.interpret import LogInterpreter
@@ -64,6 +64,12 @@ def _line_format(line: bytes | str, text: str) -> str:
     if transport is not None and transport.style in _SYSLOG_STYLES:
         return SHORT
     return PLAIN
+
+
+def local_timezone() -> tzinfo:
+    """Ollama's Go-log era writes local time without a zone: read it in this host's zone, as
+    it is now (a fixed offset taken at start would be an hour off after a DST change)."""
+    return datetime.now().astimezone().tzinfo or UTC
 
 
 def replay(

@@ -96,6 +96,10 @@ class FsWatcher:
         return self._inotify.fileno()
 
     def set_plan(self, plan: WatchPlan) -> None:
+        """Adopt `plan`; watches are (re)added only when it changed or a directory was missing
+        (a directory removed and re-created is re-armed through its IN_IGNORED)."""
+        if plan == self._plan and not self.missing and self._dirs_of_wd:
+            return
         self._plan = plan
         self.arm()
 

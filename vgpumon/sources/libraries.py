@@ -66,7 +66,6 @@ class ProcessLibraries:
         return tuple(m.path for m in self.mappings if m.library == library)
 
 
-UNREADABLE_NOT_TRACKED = ProcessLibraries(readable=False, error="not read yet")
 
 
 def find_library_file(view: FileView, spec: LibrarySpec) -> LibraryFile:

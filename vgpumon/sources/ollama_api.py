@@ -146,6 +146,8 @@ class OllamaApiPoller:
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ollama-api", daemon=True)
+        self._pipe_lock = threading.Lock()
+        self._pipe_left_to_thread = False
 
     def start(self) -> None:
         self._thread.start()
@@ -165,23 +167,47 @@ class OllamaApiPoller:
         self._poke.set()
 
     def close(self) -> None:
+        """Stop polling. A poll in flight may outlive the wait (it can take two timeouts):
+        then the thread closes the wake-up pipe itself when it ends."""
         self._stop.set()
         self._poke.set()
-        self._thread.join(timeout=self.timeout + 1)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._thread.join(timeout=2 * self.timeout + 1)
+        with self._pipe_lock:
+            if self._thread.is_alive():
+                self._pipe_left_to_thread = True
+            else:
+                self._close_pipe()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+                self._poke.wait(self.interval)
+                self._poke.clear()
+        finally:
+            with self._pipe_lock:
+                if self._pipe_left_to_thread:
+                    self._close_pipe()
+
+    def _poll_once(self) -> None:
+        try:
             state = poll(self.url, self.timeout, time.time())
-            previous = self.latest
-            if previous is None or previous.up != state.up:
-                log.info("ollama api url=%s up=%s error=%r", self.url, state.up, state.error)
-            self.latest = state
-            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
-                os.write(self._wake_write, b"!")
-            self._poke.wait(self.interval)
-            self._poke.clear()
+        except Exception as err:  # a bug must not freeze `latest` at its last value
+            log.exception("ollama api poll failed url=%s", self.url)
+            state = OllamaApiState(time.time(), False, error=f"poll failed: {err!r}",
+                                   garbled=True)
+        previous = self.latest
+        if previous is None or previous.up != state.up:
+            log.info("ollama api url=%s up=%s error=%r", self.url, state.up, state.error)
+        self.latest = state
+        with self._pipe_lock:
+            if not self._stop.is_set():
+                with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+                    os.write(self._wake_write, b"!")
+
+    def _close_pipe(self) -> None:
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
 
 def _describe(err: BaseException) -> str:

@@ -37,7 +37,6 @@ class LineSplitter:
         self._limit = limit
         self._partial = bytearray()
         self._skipping = False
-        self.cut_lines = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         lines = []
@@ -50,7 +49,6 @@ class LineSplitter:
                 self._partial += piece[:room]
                 if len(piece) > room:
                     self._skipping = True
-                    self.cut_lines += 1
             if newline < 0:
                 break
             lines.append(bytes(self._partial))
@@ -135,12 +133,15 @@ class JournalFollower:
                 capture_output=True, timeout=10, check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
+            self.error = f"journal catch-up failed: {err}"
             log.warning("journal catch-up failed unit=%s error=%r", self.unit, str(err))
             return iter(())
+        if result.returncode != 0:
+            message = result.stderr.decode("utf-8", "replace").strip()[:300]
+            self.error = f"journalctl exited with status {result.returncode}: {message}"
+            log.warning("journal catch-up failed unit=%s error=%r", self.unit, self.error)
         return iter(result.stdout.splitlines())
 
-    def next_attempt_in(self) -> float:
-        return max(0.0, self._next_start - time.monotonic())
 
     def close(self) -> None:
         if self._process is not None:
@@ -223,8 +224,6 @@ class FileFollower:
             lines = lines[1:]  # the first one is cut
         return iter(line for line in lines[:-1])
 
-    def next_attempt_in(self) -> float:
-        return 1.0 if self._fd is None else 0.0
 
     def close(self) -> None:
         self._close_file()
@@ -273,7 +272,9 @@ class FileFollower:
 
     def _replaced(self) -> bool:
         try:
-            return os.stat(self.path).st_ino != self._inode
+            # A new file may reuse the old one's inode number once that was freed: a file
+            # that exists while none is open is new, whatever its number.
+            return self._fd is None or os.stat(self.path).st_ino != self._inode
         except FileNotFoundError:
             return self._fd is not None  # deleted: read what is left, then wait for a new one
         except OSError:

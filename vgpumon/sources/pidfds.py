@@ -73,7 +73,7 @@ class PidfdWatcher:
             return None
         try:
             fd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:  # gone (ESRCH), or refused: no kernel support, seccomp, no fds left
             return None
         if not still_same():
             os.close(fd)

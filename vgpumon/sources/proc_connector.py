@@ -140,7 +140,7 @@ class ProcConnector:
         try:
             _set_receive_buffer(sock)
             sock.bind((0, 1 << (CN_IDX_PROC - 1)))
-            mask = EV_EXEC | EV_EXIT | EV_COREDUMP if kernel_supports_filter() else None
+            mask = EV_EXEC | EV_EXIT if kernel_supports_filter() else None
             sock.send(subscribe_message(mask))
         except OSError as err:
             sock.close()

@@ -193,7 +193,7 @@ class ProcessScanner:
         except (OSError, ProcParseError):
             seen.tracked, seen.rechecks_left = None, 0
             return
-        if stat.start_ticks != seen.start_ticks:  # the PID was reused
+        if stat.start_ticks != seen.start_ticks:  # reused PID, or only checked by cmdline
             fresh = self._first_look(pid, now)
             seen.start_ticks, seen.tracked = fresh.start_ticks, fresh.tracked
             seen.rechecks_left, seen.vsize = fresh.rechecks_left, fresh.vsize

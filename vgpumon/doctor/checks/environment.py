@@ -66,6 +66,10 @@ def ld_preload(ctx: DoctorContext, env: Mapping[str, str], view: FileView) -> Ch
         if "/" not in entry:
             found.append(f"{entry}: a bare name, searched like a library")
             continue
+        if "$" in entry:  # $LIB, $PLATFORM, $ORIGIN: the loader expands them, stat cannot
+            found.append(f"{entry}: expanded by the dynamic loader (see "
+                         "libraries.dependencies for what it resolves to)")
+            continue
         try:
             st = view.stat(entry)
         except OSError as err:

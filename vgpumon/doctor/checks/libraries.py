@@ -39,9 +39,7 @@ def backend(ctx: DoctorContext) -> Check:
     evidence.append(f"install dir: {facts.lib_dir or 'not found next to ' + str(ctx.server.exe)}")
     existing = [c for c in facts.candidates if c.exists]
     if not existing:
-        tmpdir = ctx.server.environ.tmpdir or "/tmp"
-        looked = [c.path for c in facts.candidates] + search_patterns(ctx.era, facts.lib_dir,
-                                                                        tmpdir)
+        looked = [c.path for c in facts.candidates] + search_patterns(ctx.era, facts.lib_dir)
         return fail("libraries.ggml_cuda", f"no {era.cuda_library} found where Ollama "
                     f"{ctx.version or ''} looks for it: models can only run on the CPU"
                     .replace("  ", " "),

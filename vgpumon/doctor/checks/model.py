@@ -4,7 +4,9 @@ started: its process, the libraries it mapped, the offload it reported, a crash 
 from __future__ import annotations
 
 from vgpumon import events as ev
+from vgpumon.doctor.checks.placement import recognises_cuda_library
 from vgpumon.doctor.context import GGML_CUDA, DoctorContext
+from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.modelload import KEEP_ALIVE
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
@@ -80,7 +82,11 @@ def libraries(ctx: DoctorContext, runner: ProcessState | None) -> Check:
                     remedy("maps"))
     expect = list(ctx.config.group("runner").expect) if any(
         g.name == "runner" for g in ctx.config.groups) else [GGML_CUDA]
-    missing = [lib for lib in dict.fromkeys([*expect, GGML_CUDA])
+    if recognises_cuda_library(ctx, (ctx.era or LATEST).cuda_library):
+        wanted = [*expect, GGML_CUDA]
+    else:  # the configured glob cannot see this era's CUDA code file: do not miss it
+        wanted = [lib for lib in expect if lib != GGML_CUDA]
+    missing = [lib for lib in dict.fromkeys(wanted)
                if any(s.name == lib for s in ctx.config.libraries) and not libs.mapped(lib)]
     cuda_shims = ctx.cuda_shims
     evidence = [f"{m.library}: {m.path}" + (" (stale)" if m.stale else "")

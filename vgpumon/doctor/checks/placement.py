@@ -3,6 +3,9 @@ it is mapped now (facts/ollama.md §3.1)."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
+
 from vgpumon.doctor.context import GGML_CUDA, RUNNER, SERVER, DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.privileges import is_permission_problem, needs, remedy
@@ -22,6 +25,11 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
         return skip(CHECK, f"no library named {GGML_CUDA} in the config")
     era = ctx.era or LATEST
     holders = {}
+    if not recognises_cuda_library(ctx, era.cuda_library):
+        return skip(CHECK, f"the ggml-cuda library of the config does not match "
+                    f"{era.cuda_library}, the file {era.title} keeps its CUDA code in: configure "
+                    f"ggml-cuda as name: \"{cuda_glob(era.cuda_library)}\" to check where it "
+                    "is mapped")
     for member in ctx.state.processes:
         if member.libraries.mapped(GGML_CUDA):
             holders.setdefault(member.process.group, []).append(member.process.pid)
@@ -87,3 +95,17 @@ def _in_server(ctx: DoctorContext, holders: dict[str, list[int]], evidence: list
                     "see libraries.dependencies and loadtest.dlopen", evidence)
     return ok(CHECK, f"no model loaded: `ollama serve` maps {era.cuda_library} only after the "
               "first load", evidence)
+
+
+def recognises_cuda_library(ctx: DoctorContext, basename: str) -> bool:
+    """Whether the configured ggml-cuda library would match this era's CUDA code file."""
+    spec = next((s for s in ctx.config.libraries if s.name == GGML_CUDA), None)
+    if spec is None:
+        return False
+    if spec.glob is not None:
+        return fnmatch.fnmatchcase(basename, spec.glob)
+    return os.path.basename(spec.path or "") == basename
+
+
+def cuda_glob(basename: str) -> str:
+    return basename + "*"

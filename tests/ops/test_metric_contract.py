@@ -1,0 +1,39 @@
+"""The metric contract in three places agrees: what the exporter declares, what the README
+documents, and what the alerts and dashboard may use (tests/ops/conftest.py)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.harness import REPO
+from tests.ops.conftest import CONTRACT_METRICS
+
+COUNTER = re.compile(r'CounterMetricFamily\(\s*"(vgpumon_[a-z0-9_]+)"')
+GAUGE = re.compile(r'GaugeMetricFamily\(\s*"(vgpumon_[a-z0-9_]+)"')
+DOCUMENTED = re.compile(r"^\| `(vgpumon_[a-z0-9_]+)`(?:, `(vgpumon_[a-z0-9_]+)`)?", re.M)
+
+
+def exported() -> set[str]:
+    source = (REPO / "vgpumon" / "exporter.py").read_text()
+    return ({name + "_total" for name in COUNTER.findall(source)}
+            | set(GAUGE.findall(source)))
+
+
+def documented() -> set[str]:
+    readme = (REPO / "README.md").read_text()
+    names = set()
+    for first, second in DOCUMENTED.findall(readme):
+        names |= {first, second} - {""}
+    return names
+
+
+def test_every_exported_metric_is_documented_in_the_readme():
+    assert exported() - documented() == set()
+
+
+def test_the_readme_documents_no_metric_that_is_not_exported():
+    assert documented() - exported() == set()
+
+
+def test_the_alert_and_dashboard_contract_lists_exactly_the_exported_metrics():
+    assert exported() == CONTRACT_METRICS
