@@ -57,7 +57,9 @@ def _system_libraries() -> list[str]:
 
 
 def _extension_modules() -> list[str]:
-    dynload = Path(sysconfig.get_path("platstdlib")) / "lib-dynload"
+    # The base interpreter's: a virtual environment (make test) has no lib-dynload of its own.
+    dynload = Path(sysconfig.get_path("platstdlib", vars={"platbase": sys.base_exec_prefix})
+                   ) / "lib-dynload"
     mods = sorted(str(p) for p in dynload.glob("*.so"))
     return mods[:: max(1, len(mods) // 20)]
 
