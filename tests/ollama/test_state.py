@@ -57,25 +57,26 @@ LLAMA_SERVER_STDERR = [
 ]
 
 
-def test_llama_server_log_attributes_the_offload_to_its_model_file():
-    interpreter = LogInterpreter()
-    events = []
-    for line in LLAMA_SERVER_STDERR:
-        events += interpreter.feed(parse_line(line), 1.0)
+def facts_of(lines: list[str], interpreter: LogInterpreter | None = None) -> OllamaFacts:
+    """The facts the daemon folds from these log lines."""
+    interpreter = interpreter or LogInterpreter()
     facts = OllamaFacts()
-    facts.apply(events)
-    offload = facts.offload()["/srv/models/tiny.gguf"]
+    for line in lines:
+        facts.apply(interpreter.feed(parse_line(line), 1.0))
+    return facts
+
+
+def test_llama_server_log_attributes_the_offload_to_its_model_file():
+    offload = facts_of(LLAMA_SERVER_STDERR).offload()["/srv/models/tiny.gguf"]
     assert (offload.gpu_layers, offload.total_layers, offload.estimate) == (5, 5, False)
 
 
 def test_ollama_blob_path_in_the_loader_line_is_keyed_by_its_digest():
-    interpreter = LogInterpreter()
-    line = ("llama_model_loader: loaded meta data with 27 key-value pairs and 39 tensors from "
-            f"/usr/share/ollama/.ollama/models/blobs/sha256-{BLOB} (version GGUF V3 (latest))")
-    events = interpreter.feed(parse_line(line), 1.0)
-    events += interpreter.feed(parse_line("load_tensors: offloaded 2/5 layers to GPU"), 1.0)
-    facts = OllamaFacts()
-    facts.apply(events)
+    facts = facts_of([
+        "llama_model_loader: loaded meta data with 27 key-value pairs and 39 tensors from "
+        f"/usr/share/ollama/.ollama/models/blobs/sha256-{BLOB} (version GGUF V3 (latest))",
+        "load_tensors: offloaded 2/5 layers to GPU",
+    ])
     assert facts.offload()[BLOB].gpu_layers == 2
 
 
@@ -90,12 +91,7 @@ REAL_LLAMA_SERVER = [
 
 def test_real_llama_server_lines_with_llama_cpp_prefix():
     interpreter = LogInterpreter()
-    events = []
-    for line in REAL_LLAMA_SERVER:
-        events += interpreter.feed(parse_line(line), 1.0)
-    facts = OllamaFacts()
-    facts.apply(events)
-    offload = facts.offload()["/work/main/rig/src/tiny.gguf"]
+    offload = facts_of(REAL_LLAMA_SERVER, interpreter).offload()["/work/main/rig/src/tiny.gguf"]
     assert (offload.gpu_layers, offload.total_layers) == (2, 5)
     failed = interpreter.feed(parse_line(
         "0.00.012.163 E ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is "
