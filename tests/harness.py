@@ -45,19 +45,21 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 class Vgpumon:
-    """A `vgpumon run` subprocess with its own config file."""
+    """A `vgpumon run` subprocess with its own config file. `command` is the prefix that runs
+    vgpumon (default: this interpreter with `-m vgpumon`; see `unprivileged_command`)."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None):
+                 env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None,
+                 command: list[str] | None = None):
         config = {"listen": "127.0.0.1:0", **config}
         self.config_path = workdir / "vgpumon.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_lines: list[str] = []
         self._address: str | None = None
-        command = [sys.executable, "-m", "vgpumon", *args, "run", "--config",
-                   str(self.config_path)]
+        prefix = command or [sys.executable, "-m", "vgpumon"]
         self.process = subprocess.Popen(
-            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            [*prefix, *args, "run", "--config", str(self.config_path)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, preexec_fn=preexec,
         )
         self._reader = threading.Thread(target=self._read_log, daemon=True)
