@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import generate_latest, write_to_textfile
@@ -163,6 +164,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     daemon = Daemon(config)
     daemon.start()
     OllamaSources(daemon).look_once()
+    # A snapshot taken now carries the Ollama sources' health too; applying it publishes.
+    daemon.apply(daemon.observer.snapshot(time.time()))
     registry = daemon.registry(with_process_metrics=False)
     if args.textfile:
         write_to_textfile(args.textfile, registry)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +25,7 @@ from vgpumon.ollama.state import OllamaState
 from vgpumon.publication import Published
 from vgpumon.sources.libraries import bypassing
 from vgpumon.sources.links import LINK_STATES
+from vgpumon.state import ProcessState
 from vgpumon.tracker import link_key
 
 log = logging.getLogger(__name__)
@@ -268,24 +269,34 @@ def loaded_models(published: Published) -> dict[str, LoadedModel]:
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
     models: dict[str, LoadedModel] = {}
     if ollama.up:
-        for model in ollama.api.models:
+        for model in ollama.api.models or ():
             blob = blob_of_name.get(model.name)
             label = model.name if blob is not None else model_label(model.digest, {})
             models.setdefault(label[:MAX_LABEL], LoadedModel(blob, model))
     listed = {loaded.offload_key for loaded in models.values()}
     for state in published.state.processes:
-        argument = state.process.model_arg
-        if not argument:
-            continue
-        blob = blob_digest_from_model_arg(argument)
-        if blob is not None and blob in listed:
-            continue  # already there under the name /api/ps gave it
-        if blob is not None:
-            label = model_label(blob, ollama.names)
-        else:  # a model file given directly (llama-server -m FILE)
-            blob, label = argument, os.path.basename(argument)
-        models.setdefault(label[:MAX_LABEL], LoadedModel(blob, None))
+        for key, label in models_of_process(state, ollama.names):
+            if key in listed:
+                continue  # already there, perhaps under the name /api/ps gave it
+            listed.add(key)
+            models.setdefault(label[:MAX_LABEL], LoadedModel(key, None))
     return dict(sorted(models.items())[:MAX_MODELS])
+
+
+def models_of_process(state: ProcessState,
+                      names: Mapping[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """(offload key, label) of each model a process runs: the one its ``--model`` names, and
+    the model blobs it maps (before 0.1.32 the model is loaded inside ``ollama serve``)."""
+    found = []
+    argument = state.process.model_arg
+    if argument:
+        blob = blob_digest_from_model_arg(argument)
+        if blob is not None:
+            found.append((blob, model_label(blob, names)))
+        else:  # a model file given directly (llama-server -m FILE)
+            found.append((argument, os.path.basename(argument)))
+    found += [(blob, model_label(blob, names)) for blob in state.libraries.model_blobs]
+    return found
 
 
 def ollama_families(published: Published) -> Iterator[Metric]:
@@ -315,7 +326,7 @@ def ollama_families(published: Published) -> Iterator[Metric]:
             gpu_info.add_metric([gpu.id[:MAX_LABEL], gpu.library[:MAX_LABEL],
                                  gpu.name[:MAX_LABEL]], 1)
         yield from (gpus, gpu_info)
-    if ollama.up:
+    if ollama.up and api.models is not None:  # None: this Ollama has no /api/ps
         loaded = GaugeMetricFamily("vgpumon_ollama_models_loaded", "Models loaded (/api/ps).")
         loaded.add_metric([], len(api.models))
         yield loaded

@@ -99,6 +99,7 @@ class OllamaSources:
         now = time.time()
         if self._follower is not None:
             self._catch_up(now)
+            self._record_health(now)
         self._refresh_names(now, min_gap=0.0)
         config = self.daemon.config.ollama
         api = poll(config.url, config.timeout, now)
@@ -122,7 +123,7 @@ class OllamaSources:
             return
         self.daemon.health.record("ollama_api", now, not state.garbled, state.duration,
                                   state.error if state.garbled else None)
-        if state.up and any(m.name not in self._known_names() for m in state.models):
+        if state.up and any(m.name not in self._known_names() for m in state.models or ()):
             self._refresh_names(now, min_gap=MANIFEST_RESCAN_MIN_GAP)
         self._publish(now)
 
@@ -148,6 +149,10 @@ class OllamaSources:
         if any(e.kind == ev.RUNNER_STARTED for e in events):
             self._refresh_names(now, min_gap=MANIFEST_RESCAN_MIN_GAP)
         self._publish(now)
+        if any(e.kind == ev.OFFLOAD and not e.get("estimate") for e in events):
+            # llama.cpp has mapped the model by the time it reports the offload; before
+            # 0.1.32 it does so inside the server, which no new-process re-read covers.
+            self.daemon.apply(self.daemon.observer.refresh_maps(now))
         self.daemon.record(events, now)
 
     def _interpret(self, line: bytes, now: float) -> list[Event]:

@@ -13,6 +13,7 @@ from tests.harness import parse_metrics
 from vgpumon.config import parse_config
 from vgpumon.exporter import VgpumonCollector
 from vgpumon.observer import HostObserver
+from vgpumon.ollama.state import Offload, OllamaState
 from vgpumon.publication import Published, RuntimeInfo
 from vgpumon.sources.nvml import GpuMemory
 from vgpumon.tracker import Counters
@@ -61,6 +62,25 @@ def test_nvml_memory_is_summed_per_group_and_absent_without_nvml(tmp_path):
     assert metrics[("vgpumon_nvml_gpus", ())] == 1
     assert metrics[("vgpumon_process_gpu_memory_bytes", (("group", "runner"),))] == 3 << 30
     assert metrics[("vgpumon_process_gpu_memory_bytes", (("group", "server"),))] == 0
+
+
+def test_a_model_blob_mapped_by_the_server_is_a_loaded_model(tmp_path):
+    """Before 0.1.32 llama.cpp runs inside `ollama serve`: no runner, no --model."""
+    blob = "d" * 64
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(4100, "ollama", ["/usr/bin/ollama", "serve"], root="/",
+             maps=maps_line(f"/m/blobs/sha256-{blob}", (8, 1), 30))
+    config = parse_config(f"procfs: {proc.root}\nlinks: []\n")
+    state = HostObserver(config).refresh(time.time())
+    offload = {blob: Offload(29, 29, False, 0.0)}
+    names = {blob: ("llama3.2:latest",)}
+    metrics = scrape(config, replace(state, ollama=OllamaState(offload=offload, names=names)))
+    model = (("model", "llama3.2:latest"),)
+    assert metrics[("vgpumon_ollama_model_gpu_layers", model)] == 29
+    assert metrics[("vgpumon_ollama_model_layers", model)] == 29
+    unmapped = scrape(config, replace(state, processes=(), ollama=OllamaState(
+        offload=offload, names=names)))
+    assert ("vgpumon_ollama_model_gpu_layers", model) not in unmapped
 
 
 def test_every_group_library_and_link_is_exported_at_zero(tmp_path):

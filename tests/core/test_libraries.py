@@ -153,6 +153,19 @@ def test_gpu_device_mapping_is_noticed():
     assert library_mappings(ProcFS("/proc"), 1, maps, matcher).gpu_device
 
 
+def test_mapped_model_blobs_are_noticed_in_both_spellings_even_deleted():
+    matcher = LibraryMatcher((), {})
+    maps = parse_maps((
+        maps_line("/m/blobs/sha256-" + "A" * 64, (8, 1), 20)
+        + maps_line("/old/blobs/sha256:" + "c" * 64, (8, 1), 21, 0x7F0000100000,
+                    deleted=True)
+        + maps_line("/m/blobs/sha256-" + "a" * 63, (8, 1), 22, 0x7F0000200000)  # no digest
+        + maps_line("/m/sha256-" + "a" * 64 + ".so", (8, 1), 23, 0x7F0000300000)
+    ).encode())
+    libraries = library_mappings(ProcFS("/proc"), 1, maps, matcher)
+    assert libraries.model_blobs == ("a" * 64, "c" * 64)
+
+
 def test_only_the_lines_of_configured_libraries_are_parsed_and_the_result_is_the_same(
         host, tmp_path):
     """The pre-filter over the whole maps buffer must never drop a line the matcher or the
@@ -188,6 +201,7 @@ groups:
         + maps_line("/dev/nvidiactl", (0, 5), 1055, 0x7000)
         + maps_line("/opt/with space/libxad9.so", (8, 1), 9, 0x8000)
         + maps_line("/opt/lib]yd.so", (8, 1), 10, 0x9000)
+        + maps_line("/models/blobs/sha256-" + "e" * 64, (8, 1), 11, 0xA000)
         + filler
     )
     proc = FakeProc(tmp_path / "proc")
@@ -198,4 +212,5 @@ groups:
     assert {m.library for m in libs.mappings} == {"vgpu-cuda", "vgpu-exec", "ggml-cuda",
                                                    "cuda-driver", "odd"}
     assert libs.gpu_device
+    assert libs.model_blobs == ("e" * 64,)
     assert whole == parse_maps(maps.encode())  # crash attribution still sees every file

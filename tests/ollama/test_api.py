@@ -185,4 +185,4 @@ def test_poll_counts_an_ollama_without_api_ps_as_up():
     finally:
         server.shutdown()
         server.server_close()
-    assert state.up and state.version == "0.1.30" and state.models == ()
+    assert state.up and state.version == "0.1.30" and state.models is None  # unknown

@@ -226,6 +226,46 @@ def test_old_discovery_lines(line, kind):
         assert fields(event, "id", "library", "name") == {"id": "", "library": "cuda", "name": ""}
 
 
+OLD_LISTENING = "2023/12/20 10:00:00 routes.go:895: Listening on 127.0.0.1:11434 (version {})"
+CUDA_DEVICES = (
+    "ggml_init_cublas: GGML_CUDA_FORCE_MMQ:    no",
+    "ggml_init_cublas: found 2 CUDA devices:",
+    "  Device 0: NVIDIA A10, compute capability 8.6, VMM: yes",
+    "  Device 1: NVIDIA L4, compute capability 8.9",
+)
+
+
+def test_before_0_1_21_the_cuda_device_list_is_the_discovery():
+    events = [e for e in run(OLD_LISTENING.format("0.1.17"), *CUDA_DEVICES)
+              if e.kind == "gpu_discovered"]
+    assert [fields(e, "id", "library", "name", "compute") for e in events] == [
+        {"id": "0", "library": "cuda", "name": "NVIDIA A10", "compute": "8.6"},
+        {"id": "1", "library": "cuda", "name": "NVIDIA L4", "compute": "8.9"},
+    ]
+    assert events[0].get("discovery_round") == events[1].get("discovery_round")
+
+
+def test_before_0_1_21_no_cuda_device_is_cpu_only():
+    line = "ggml_init_cublas: found 0 CUDA devices:"
+    assert kinds(run(OLD_LISTENING.format("0.1.20"), line)) == ["ollama_version", "cpu_only"]
+
+
+@pytest.mark.parametrize("version", [None, "0.1.21", "0.13.5"])
+def test_a_runners_cuda_device_list_is_no_discovery_once_ollama_logs_its_own(version):
+    """A runner's list may be narrowed by CUDA_VISIBLE_DEVICES (0.12.4+ probes one device
+    each); without the version it is not known to be the only discovery either."""
+    lines = ([OLD_LISTENING.format(version)] if version else []) + [
+        "ggml_cuda_init: found 1 CUDA devices:",
+        "  Device 0: NVIDIA A10, compute capability 8.6, VMM: yes, ID: GPU-1",
+    ]
+    assert "gpu_discovered" not in kinds(run(*lines))
+
+
+def test_a_device_line_without_a_device_count_before_it_is_ignored():
+    lines = [OLD_LISTENING.format("0.1.17"), "  Device 0: NVIDIA A10, compute capability 8.6"]
+    assert kinds(run(*lines)) == ["ollama_version"]
+
+
 def test_cpu_only_is_reported_once_per_discovery():
     cpu_line = (
         I + 'msg="inference compute" id=0 library=cpu variant=avx2 compute="" driver=0.0 '
@@ -882,6 +922,7 @@ PROBLEMS = [
         "2023/12/01 10:00:05 llama.go:436: error starting llama runner: fork/exec: ENOENT",
         "load_failed",
     ),
+    ("ggml_init_cublas: failed to initialize CUDA: initialization error", "cuda_init_failed"),
 ]
 
 

@@ -14,6 +14,7 @@ import ctypes
 import datetime as dt
 import glob
 import json
+import mmap
 import os
 import signal
 import socket
@@ -194,6 +195,7 @@ class OllamaServer:
         self.discovered = False
         self.keep_alive = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE"), 300.0)
         self.ext_server: ctypes.CDLL | None = None  # era B: the in-process llama.cpp
+        self.model_maps: dict[str, mmap.mmap] = {}  # era B: model name -> its mapped blob
         bind = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").removeprefix("http://")
         host_part, _, port = bind.rpartition(":")
         self.bind = (host_part or "127.0.0.1", int(port or 11434))
@@ -757,6 +759,8 @@ class OllamaServer:
         self.ext_server = ctypes.CDLL(path)
         if gpu:
             ctypes.CDLL("libcuda.so.1").cuInit(0)
+        with open(model.blob, "rb") as weights:  # llama.cpp maps the model file (use_mmap)
+            self.model_maps[model.name] = mmap.mmap(weights.fileno(), 0, prot=mmap.PROT_READ)
         runner_mod.print_llama_cpp_load(self.era, model, ctx, estimate, gpu, "llm_load_tensors")
         child = Child(id=len(self.children) + 1, kind="in-process", argv=self.argv,
                       proc=_SelfProc(), model=model, scenario=scenario, gpu=gpu,
@@ -781,6 +785,9 @@ class OllamaServer:
             return None
         if child.kind == "in-process":
             child.state = "exited"
+            weights = self.model_maps.pop(name, None)
+            if weights is not None:
+                weights.close()  # llama_free_model unmaps it
             return child
         self.log("DEBUG", "stopping", "stopping llama server", ("pid", child.pid))
         self._kill(child)

@@ -42,11 +42,10 @@ from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
 from vgpumon.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY, Event
 from vgpumon.ldresolve import FileId
 from vgpumon.observer import HostObserver
-from vgpumon.ollama.api import ApiFormatError, parse_version
 from vgpumon.ollama.manifests import BlobNames, blob_digest_from_model_arg, model_names_by_blob
 from vgpumon.paths import FileView, process_view
 from vgpumon.procfs import DELETED_SUFFIX, ProcFS
-from vgpumon.sources.ollama_api import ApiUnavailable, OllamaApiState, fetch, poll
+from vgpumon.sources.ollama_api import OllamaApiState, poll
 from vgpumon.sources.processes import TrackedProcess
 from vgpumon.state import HostState, ProcessState
 
@@ -220,7 +219,7 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
         p.process.pid: read_environ(observer.procfs, p.process.pid)
         for p in state.in_group(RUNNER)
     }
-    api = step("api", lambda: poll_api(config.ollama.url, config.ollama.timeout, now), None)
+    api = step("api", lambda: poll(config.ollama.url, config.ollama.timeout, now), None)
     since = log_since(config, server, now)
     log = step("log", lambda: read_log_for(config, options, since, privileges, model_load, blob),
                LogReadout("", since, error="not read"))
@@ -244,20 +243,6 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
                                                          options.kmsg), None)
     return replace(context, libraries=libraries, load_test=load_test, systemd=systemd,
                    kernel=kernel, problems=tuple(problems))
-
-
-def poll_api(url: str, timeout: float, now: float) -> OllamaApiState:
-    """The daemon's poll; a server without ``/api/ps`` (before 0.1.38) still counts as up
-    when ``/api/version`` answers."""
-    state = poll(url, timeout, now)
-    if state.up or "/api/ps: HTTP 404" not in (state.error or ""):
-        return state
-    try:
-        version = parse_version(fetch(url, "/api/version", timeout))
-    except (ApiUnavailable, ApiFormatError):
-        return state
-    return OllamaApiState(now, True, version, (), error="no /api/ps (Ollama before 0.1.38)",
-                          duration=state.duration)
 
 
 def read_environ(procfs: ProcFS, pid: int) -> ProcessEnviron:

@@ -5,9 +5,10 @@ version do".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from vgpumon.ollama.versions import version_tuple
 
 RUNNER = "runner"
 SERVER = "server"
@@ -62,14 +63,6 @@ ERAS = (
         "nothing GPU", "probes (`llama-server`, `ollama gpu-discover`)"),
 )
 LATEST = ERAS[-1]
-_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+].*)?")
-
-
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    m = _VERSION.fullmatch(text.strip())
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 def era_of(version: str | None) -> Era | None:
@@ -77,19 +70,19 @@ def era_of(version: str | None) -> Era | None:
     (``0.0.0``), whose behaviour the version does not tell."""
     if not version:
         return None
-    parsed = parse_version(version)
+    parsed = version_tuple(version)
     if parsed is None or parsed == (0, 0, 0):
         return None
     for era in reversed(ERAS):
         # Versions between two eras and newer than the facts behave like the era before.
-        if parsed >= parse_version(era.first):  # type: ignore[operator]
+        if parsed >= version_tuple(era.first):  # type: ignore[operator]
             return era
     return None
 
 
 def at_least(version: str | None, minimum: str) -> bool:
-    parsed = parse_version(version or "")
-    return parsed is not None and parsed >= parse_version(minimum)  # type: ignore[operator]
+    parsed = version_tuple(version or "")
+    return parsed is not None and parsed >= version_tuple(minimum)  # type: ignore[operator]
 
 
 def runner_environment(era: Era, version: str | None, server_env: Mapping[str, str],

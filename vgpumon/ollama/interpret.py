@@ -18,6 +18,11 @@ transport's, else the caller's `now`. Fields added beyond DESIGN.md's: ``level``
 ``runner_started`` of a model), ``origin`` on ``offload``, ``repeat`` on ``runner_exited``
 (another report of an exit already reported), ``discovery_round`` on ``gpu_discovered`` and
 ``cpu_only`` (the GPUs of one round are those Ollama reported at that discovery).
+
+Ollama before 0.1.21 logs no GPU discovery of its own; for those versions the device list
+llama.cpp prints when it initialises CUDA (``ggml_init_cublas: found N CUDA devices:`` and a
+``Device i: …`` line each) is the discovery. Later versions discover in the server, and a
+runner's list may be narrowed by ``CUDA_VISIBLE_DEVICES``, so there it is not used.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from vgpumon.ollama import exits
 from vgpumon.ollama.gotrace import GoCrash, GoTraceReader
 from vgpumon.ollama.logline import LogRecord
 from vgpumon.ollama.manifests import blob_digest_from_model_arg
+from vgpumon.ollama.versions import version_tuple
 
 GO_CRASH = ev.GO_CRASH
 
@@ -58,6 +64,9 @@ KINDS = (
 # report within this many seconds of the previous one, with no runner started in between,
 # is marked ``repeat``.
 EXIT_REPEAT_WINDOW = 5.0
+
+# The first version that logs its own GPU discovery ("Detecting GPU type", ...).
+DISCOVERY_LOGGED_SINCE = (0, 1, 21)
 # Messages copied into events are cut here; a log line can be a megabyte.
 MESSAGE_LIMIT = 2000
 
@@ -197,6 +206,8 @@ class LogInterpreter:
         self._round_ids: set[str] = set()
         self._round_cpu_only = False
         self._previous_problems: frozenset[str] = frozenset()
+        self._ollama_version: tuple[int, int, int] | None = None
+        self._devices_to_list = 0  # "Device i:" lines still to come after "found N"
 
     # --- public --------------------------------------------------------------------------
 
@@ -258,7 +269,29 @@ class LogInterpreter:
 
     def _version(self, line: _Line, m: re.Match[str]) -> list[Event]:
         self._new_round()
+        self._ollama_version = version_tuple(m.group(2))
         return [line.event(ev.OLLAMA_VERSION, {"version": m.group(2)})]
+
+    def _discovery_unlogged(self) -> bool:
+        version = self._ollama_version
+        return version is not None and version < DISCOVERY_LOGGED_SINCE
+
+    def _cuda_devices_found(self, line: _Line, m: re.Match[str]) -> list[Event]:
+        if not self._discovery_unlogged():
+            return []
+        self._new_round()
+        self._devices_to_list = int(m.group(1))
+        if self._devices_to_list == 0:
+            return self._cpu_only(line, {"message": _cap(line.text)})
+        return []
+
+    def _cuda_device(self, line: _Line, m: re.Match[str]) -> list[Event]:
+        if self._devices_to_list <= 0:
+            return []
+        self._devices_to_list -= 1
+        fields = {"id": m.group(4) or m.group(1), "library": "cuda", "name": m.group(2),
+                  "compute": m.group(3), "discovery_round": self._round}
+        return [line.event(ev.GPU_DISCOVERED, fields)]
 
     def _discovery_start(self, line: _Line) -> list[Event]:
         self._new_round()
@@ -632,6 +665,15 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
     (_TERMINATED, LogInterpreter._terminated_text),
     (_NO_LONGER_RUNNING, LogInterpreter._no_longer_running_text),
     (re.compile(r"^Nvidia GPU detected(?: via (\S+))?"), LogInterpreter._nvidia_detected),
+    (
+        re.compile(r"^(?:ggml_init_cublas|ggml_cuda_init): found (\d{1,3}) CUDA devices:"),
+        LogInterpreter._cuda_devices_found,
+    ),
+    (
+        re.compile(r"^\s*Device (\d{1,3}): (.{1,200}?), compute capability (\d{1,3}\.\d{1,3})"
+                   r"(?:, VMM: \w{1,10})?(?:, ID: (\S{1,100}))?$"),
+        LogInterpreter._cuda_device,
+    ),
     (re.compile(r"no GPU detected|no compatible GPUs were discovered"), LogInterpreter._no_gpu),
     (
         re.compile(
@@ -642,7 +684,8 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
     ),
     (
         re.compile(
-            r"ggml_cuda_init: failed to initialize CUDA|Unable to load cudart"
+            r"(?:ggml_cuda_init|ggml_init_cublas): failed to initialize CUDA"
+            r"|Unable to load cudart"
             r"|cuda driver library init failure"
         ),
         LogInterpreter._cuda_init_failed,

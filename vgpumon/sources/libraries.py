@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vgpumon.config import LibrarySpec
+from vgpumon.ollama.manifests import blob_digest_from_model_arg
 from vgpumon.paths import FileView
 from vgpumon.procfs import MappedFile, ProcessMaps, ProcFS, parse_maps, select_lines
 
 GPU_DEVICE_PREFIX = "/dev/nvidia"
+# An Ollama model blob (``…/blobs/sha256-<hex>``): llama.cpp maps the model file it loads.
+MODEL_BLOB_ENDING = rb"sha256[-:][0-9a-fA-F]{64}(?: \(deleted\))?$"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ProcessLibraries:
     error: str | None = None
     mappings: tuple[LibraryMapping, ...] = ()
     gpu_device: bool = False
+    model_blobs: tuple[str, ...] = ()  # digests of the Ollama model blobs it maps
 
     def mapped(self, library: str) -> bool:
         return any(mapping.library == library for mapping in self.mappings)
@@ -105,14 +109,16 @@ class LibraryMatcher:
     def _maps_patterns(self) -> tuple[re.Pattern[bytes], ...]:
         """Searches that find every maps line `libraries_of` or the GPU-device check could
         care about (and a few more, which the parse then drops): the path's last component
-        is a configured basename or fits a glob, or the line's ``dev inode`` is a `path:`
-        library's, or the path starts with the NVIDIA device prefix."""
+        is a configured basename or fits a glob or is a model blob, or the line's
+        ``dev inode`` is a `path:` library's, or the path starts with the NVIDIA device
+        prefix."""
         names = [re.escape(name).encode("utf-8", "surrogateescape")
                  for name in self._by_basename]
         names += [_glob_superset(pattern) for _name, pattern in self._globs]
         ending = b"|(?:" + b"|".join(names) + rb")(?: \(deleted\))?$" if names else b""
         device = re.escape(GPU_DEVICE_PREFIX[1:]).encode()
-        patterns = [re.compile(b"/(?:" + device + ending + b")", re.MULTILINE)]
+        blob = b"|" + MODEL_BLOB_ENDING
+        patterns = [re.compile(b"/(?:" + device + ending + blob + b")", re.MULTILINE)]
         inodes: dict[int, list[bytes]] = {}
         for dev, inode in self._by_identity:
             inodes.setdefault(dev, []).append(str(inode).encode())
@@ -140,13 +146,18 @@ def library_mappings(procfs: ProcFS, pid: int, maps: tuple[MappedFile, ...],
     """Match one process's maps against the configured libraries and check staleness."""
     mappings = []
     gpu_device = False
+    blobs: set[str] = set()
     for mapped in maps:
         if mapped.path.startswith(GPU_DEVICE_PREFIX):
             gpu_device = True
+        digest = blob_digest_from_model_arg(mapped.path)
+        if digest is not None:
+            blobs.add(digest)
         for library, by_identity in matcher.libraries_of(mapped):
             stale = mapped.deleted or (not by_identity and _replaced(procfs, pid, mapped))
             mappings.append(LibraryMapping(library, mapped.path, mapped.deleted, stale))
-    return ProcessLibraries(readable=True, mappings=tuple(mappings), gpu_device=gpu_device)
+    return ProcessLibraries(readable=True, mappings=tuple(mappings), gpu_device=gpu_device,
+                            model_blobs=tuple(sorted(blobs)))
 
 
 def _replaced(procfs: ProcFS, pid: int, mapped: MappedFile) -> bool:

@@ -45,7 +45,7 @@ class OllamaApiState:
     checked_at: float
     up: bool
     version: str | None = None
-    models: tuple[LoadedModel, ...] = ()
+    models: tuple[LoadedModel, ...] | None = ()  # None: no /api/ps (before 0.1.38)
     error: str | None = None
     garbled: bool = False  # it answered, but not in a form vgpumon understands
     duration: float = 0.0
@@ -125,12 +125,12 @@ def poll(url: str, timeout: float, now: float) -> OllamaApiState:
     return OllamaApiState(now, True, version, models, duration=time.monotonic() - started)
 
 
-def _loaded_models(url: str, timeout: float) -> tuple[LoadedModel, ...]:
+def _loaded_models(url: str, timeout: float) -> tuple[LoadedModel, ...] | None:
     try:
         return parse_ps(fetch(url, "/api/ps", timeout))
     except HttpStatus as err:
         if err.status == 404:
-            return ()  # Ollama before 0.1.38 has no /api/ps: up, models unknown
+            return None  # Ollama before 0.1.38 has no /api/ps: up, models unknown
         raise
 
 

@@ -116,13 +116,14 @@ def api(ctx: DoctorContext) -> Check:
     state = ctx.api
     if state is None:
         return skip("ollama.api", "the API was not asked (see doctor.gathering)")
+    if state.up and state.models is None:
+        return ok("ollama.api", f"{url} answers: version {state.version}; it has no /api/ps "
+                  "(Ollama before 0.1.38), so which models are loaded comes from the processes")
     if state.up:
         evidence = [f"{m.name}: {size(m.size_vram)} of {size(m.size)} in VRAM"
                     f" ({_share(m.size_vram, m.size)}), expires "
                     f"{when(m.expires_at) if m.expires_at else 'never'}" for m in state.models]
         loaded = listing([m.name for m in state.models])
-        if state.error:  # answered, with a caveat (an old version without /api/ps)
-            return ok("ollama.api", f"{url} answers: version {state.version}; {state.error}")
         return ok("ollama.api", f"{url} answers: version {state.version}, "
                   f"{plural(len(state.models), 'model')} loaded"
                   + (f" ({loaded})" if state.models else ""), evidence)

@@ -88,7 +88,7 @@ def _in_server(ctx: DoctorContext, holders: dict[str, list[int]], evidence: list
     if RUNNER in holders:
         return warn(CHECK, f"a runner maps {era.cuda_library}, which {era.title} has none of",
                     "check ollama.version and the groups: in the config", evidence)
-    loaded = ctx.api.models if ctx.api is not None and ctx.api.up else ()
+    loaded = (ctx.api.models or ()) if ctx.api is not None and ctx.api.up else ()
     if loaded:
         return fail(CHECK, f"{listing([m.name for m in loaded])} loaded, but `ollama serve` "
                     f"does not map {era.cuda_library}: it runs on the CPU",
