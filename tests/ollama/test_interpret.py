@@ -250,7 +250,7 @@ def test_before_0_1_21_no_cuda_device_is_cpu_only():
     assert kinds(run(OLD_LISTENING.format("0.1.20"), line)) == ["ollama_version", "cpu_only"]
 
 
-@pytest.mark.parametrize("version", [None, "0.1.21", "0.13.5"])
+@pytest.mark.parametrize("version", [None, "0.0.0", "0.1.21", "0.13.5"])
 def test_a_runners_cuda_device_list_is_no_discovery_once_ollama_logs_its_own(version):
     """A runner's list may be narrowed by CUDA_VISIBLE_DEVICES (0.12.4+ probes one device
     each); without the version it is not known to be the only discovery either."""

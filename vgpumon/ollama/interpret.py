@@ -273,8 +273,8 @@ class LogInterpreter:
         return [line.event(ev.OLLAMA_VERSION, {"version": m.group(2)})]
 
     def _discovery_unlogged(self) -> bool:
-        version = self._ollama_version
-        return version is not None and version < DISCOVERY_LOGGED_SINCE
+        version = self._ollama_version  # 0.0.0: a source build, of any age
+        return version is not None and (0, 0, 0) < version < DISCOVERY_LOGGED_SINCE
 
     def _cuda_devices_found(self, line: _Line, m: re.Match[str]) -> list[Event]:
         if not self._discovery_unlogged():
