@@ -262,9 +262,10 @@ class LoadedModel:
 
 
 def loaded_models(published: Published) -> dict[str, LoadedModel]:
-    """Model label -> what is known of it, for every model loaded now: listed by /api/ps, or
-    run by a tracked runner. Labels come from the local manifests (or the runner's model file
-    name), never from what the API says."""
+    """Model label -> what is known of it, for every model loaded now: listed by /api/ps, run
+    by a tracked runner, or mapped by a tracked process (see `models_of_process`). Labels
+    come from the local manifests (or the runner's model file name), never from what the API
+    says."""
     ollama = published.state.ollama
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
     models: dict[str, LoadedModel] = {}

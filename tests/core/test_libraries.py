@@ -87,6 +87,24 @@ def test_matching_by_identity_by_basename_and_by_glob(host):
                      "cuda-driver": False}
 
 
+def test_the_same_basename_elsewhere_on_the_same_device_is_another_file(tmp_path):
+    """Era B keeps a CPU and a CUDA libext_server.so side by side: only the configured one is
+    the library; under the configured name itself, a new inode means replaced (stale)."""
+    cuda, cpu = tmp_path / "cuda_v11", tmp_path / "cpu_avx2"
+    for directory in (cuda, cpu):
+        directory.mkdir()
+        (directory / "libext_server.so").write_bytes(directory.name.encode())
+    config = parse_config(f"libraries:\n  ggml-cuda: {{path: {cuda}/libext_server.so}}\n"
+                          "shims: []\ngroups:\n  server: {comm: ollama}\n")
+    matcher, files = matcher_for(config)
+    dev = (os.major(files["ggml-cuda"].dev), os.minor(files["ggml-cuda"].dev))
+    other = os.stat(cpu / "libext_server.so").st_ino
+    assert matcher.libraries_of(parse_maps(maps_line(
+        str(cpu / "libext_server.so"), dev, other).encode())[0]) == []
+    assert matcher.libraries_of(parse_maps(maps_line(
+        str(cuda / "libext_server.so"), dev, other).encode())[0]) == [("ggml-cuda", False)]
+
+
 def test_bypass_means_driver_without_any_shim(host, tmp_path):
     config = config_for(host)
     matcher, _ = matcher_for(config)

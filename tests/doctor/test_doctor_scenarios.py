@@ -249,3 +249,15 @@ def test_healthy_host_of_other_eras_exits_0(simhost, era):
                      "log.offload"):
         assert run.status(check_id) is OK, (check_id, run.describe())
     assert host.era.ggml_cuda.rsplit("/", 1)[-1] in run.check("libraries.ggml_cuda").finding
+
+
+def test_era_b_model_on_the_cpu_inside_the_server_fails_naming_it(simhost):
+    """0.1.18-0.1.31: no runner and no /api/ps; the server maps the model it loaded."""
+    host = simhost(era="B")
+    host.add_model(MODEL)
+    server = host.start_server(gpus=0)
+    server.load_model(MODEL, scenario="cpu_fallback")
+    run = doctor(write_config(host))
+    check = run.check("placement.ggml_cuda")
+    assert check.status is FAIL, run.describe()
+    assert MODEL in check.finding and "runs on the CPU" in check.finding

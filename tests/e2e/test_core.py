@@ -216,6 +216,29 @@ def test_unreadable_maps_count_as_unreadable_not_missing(simhost, tmp_path):
                     (("group", "runner"), ("library", "ggml-cuda")))] == 0
 
 
+def test_every_healthy_collector_keeps_refreshing_on_a_quiet_host(simhost, tmp_path):
+    """VgpumonDataStale fires on a last success that stops moving while success is 1: an
+    event-driven source with nothing to report must still renew it."""
+    host = simhost(era="F")
+    host.add_model("llama3.2:latest")
+    server = host.start_server()
+    daemon = Vgpumon(host_config(host, interval="1s"), tmp_path)
+    try:
+        server.load_model("llama3.2:latest")  # events written: the event log has a status
+        def last_successes() -> dict[str, float]:
+            metrics = daemon.metrics()
+            return {dict(labels)["collector"]: value for (name, labels), value in metrics.items()
+                    if name == "vgpumon_collector_last_success_timestamp_seconds"
+                    and metrics[("vgpumon_collector_success", labels)] == 1}
+
+        first = wait_for(lambda: (found := last_successes()) and "event_log" in found and found,
+                         message="the event log's first write")
+        wait_for(lambda: all(last_successes().get(name, 0) > at + 1 for name, at in first.items()),
+                 message=f"every collector of {sorted(first)} to refresh again")
+    finally:
+        daemon.stop()
+
+
 def test_sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad(simhost, tmp_path):
     host = simhost(era="F")
     config = host_config(host)

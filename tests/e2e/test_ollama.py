@@ -77,6 +77,10 @@ def test_cpu_fallback_no_gpu_found(era_host, tmp_path):
         else:
             daemon.wait_value("vgpumon_ollama_gpus", 0)
         assert daemon.value("vgpumon_ollama_gpus_expected") == 1
+        # The CPU variant of the backend has the CUDA one's file name in eras B and C.
+        holder = "server" if host.era.name == "B" else "runner"
+        assert daemon.value("vgpumon_processes_with_library", group=holder,
+                            library="ggml-cuda") == 0
     finally:
         daemon.stop()
 

@@ -457,11 +457,8 @@ def overflow_inotify_queue(stack: Stack) -> None:
             os.close(os.open(stack.host.lib64 / f"flood-{index}", os.O_CREAT | os.O_WRONLY))
     finally:
         process.send_signal(signal.SIGCONT)
-
-
-def remove_flood(stack: Stack) -> None:
-    for path in stack.host.lib64.glob("flood-*"):
-        path.unlink()
+        for path in stack.host.lib64.glob("flood-*"):  # the overflow is queued by now
+            path.unlink()
 
 
 def wedge_vgpumon_loop(stack: Stack) -> None:
@@ -475,6 +472,9 @@ def wedge_vgpumon_loop(stack: Stack) -> None:
         except OSError:
             loop.release()
             return False
+        except BaseException:
+            loop.release()
+            raise
         stack.stopped_loop = loop
         return True
 
@@ -488,6 +488,7 @@ def unwedge_vgpumon_loop(stack: Stack) -> None:
 
 
 def stop_vgpumon(stack: Stack) -> None:
+    unwedge_vgpumon_loop(stack)  # a SIGTERM to a ptrace-stopped thread would be lost
     stack.vgpumon.stop()
 
 
@@ -548,8 +549,7 @@ PHASES = [
     Phase("event log unwritable", block_event_log_rotation,
           fires=[Expect("VgpumonEventLogWriteFailing")], undo=unblock_event_log_rotation),
     Phase("inotify queue overflow", overflow_inotify_queue,
-          fires=[Expect("VgpumonEventSourceOverflow", {"source": "inotify"})],
-          undo=remove_flood),
+          fires=[Expect("VgpumonEventSourceOverflow", {"source": "inotify"})]),
     Phase("vgpumon loop wedged", wedge_vgpumon_loop,
           fires=[Expect("VgpumonDataStale")], undo=unwedge_vgpumon_loop),
     Phase("vgpumon down", stop_vgpumon, fires=[Expect("VgpumonDown")]),
@@ -599,8 +599,14 @@ def _run_phase(stack: Stack, phase: Phase, record: Record) -> None:
                     f"({_firing_summary(stack)})"))
     _record_queries(stack, phase.name, record)
     _record_rule_health(stack, phase.name, record)
-    if phase.undo is not None:
-        phase.undo(stack)
+
+
+def _run_and_undo_phase(stack: Stack, phase: Phase, record: Record) -> None:
+    try:
+        _run_phase(stack, phase, record)
+    finally:
+        if phase.undo is not None:
+            phase.undo(stack)
 
 
 def _baseline(stack: Stack, record: Record) -> None:
@@ -625,7 +631,7 @@ def record(stack: Stack) -> Record:
     for phase in PHASES:
         phase_started = time.monotonic()
         try:
-            _run_phase(stack, phase, result)
+            _run_and_undo_phase(stack, phase, result)
         except Exception as err:  # record and go on: later scenarios still say something
             result.failures.append(Failure(phase.name, "error", None,
                                            f"{type(err).__name__}: {err}"))

@@ -270,6 +270,7 @@ class LogInterpreter:
     def _version(self, line: _Line, m: re.Match[str]) -> list[Event]:
         self._new_round()
         self._ollama_version = version_tuple(m.group(2))
+        self._devices_to_list = 0  # a new server: an unfinished device list is over
         return [line.event(ev.OLLAMA_VERSION, {"version": m.group(2)})]
 
     def _discovery_unlogged(self) -> bool:

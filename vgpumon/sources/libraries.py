@@ -1,9 +1,13 @@
 """Library-load state: which configured libraries a process has mapped, and whether stale.
 
 `path:` libraries are recognised by the (device, inode) of the configured file, falling back to
-the basename of the file it resolves to (device numbers in maps are unreliable on btrfs and on
-overlayfs before Linux 6.8); `name:` libraries by a basename glob. Maps show the resolved file,
-never a symlink name: ``libcuda.so.1 -> libvgpu-cuda.so`` is mapped as ``…/libvgpu-cuda.so``.
+the basename of the file it resolves to where that identity cannot decide: the mapping is under
+the configured name (the file may have been replaced since: stale), or on another device number
+(device numbers in maps are unreliable on btrfs and on overlayfs before Linux 6.8). A file of
+that basename elsewhere on the same device is another file: ``cpu_avx2/libext_server.so`` is not
+``cuda_v11/libext_server.so``. `name:` libraries are recognised by a basename glob. Maps
+show the resolved file, never a symlink name: ``libcuda.so.1 -> libvgpu-cuda.so`` is mapped as
+``…/libvgpu-cuda.so``.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class LibraryMatcher:
 
     def __init__(self, specs: tuple[LibrarySpec, ...], files: Mapping[str, LibraryFile]):
         self._by_identity: dict[tuple[int, int], list[str]] = {}
-        self._by_basename: dict[str, list[str]] = {}
+        self._by_basename: dict[str, list[tuple[str, LibraryFile | None]]] = {}
         self._globs: list[tuple[str, str]] = []
         for spec in specs:
             if spec.glob is not None:
@@ -103,7 +107,8 @@ class LibraryMatcher:
             resolved = found.resolved if found else spec.path or ""
             if found is not None and found.present:
                 self._by_identity.setdefault((found.dev, found.inode), []).append(spec.name)
-            self._by_basename.setdefault(os.path.basename(resolved), []).append(spec.name)
+            self._by_basename.setdefault(os.path.basename(resolved), []).append(
+                (spec.name, found if found is not None and found.present else None))
         self.maps_patterns = self._maps_patterns()
 
     def _maps_patterns(self) -> tuple[re.Pattern[bytes], ...]:
@@ -133,12 +138,18 @@ class LibraryMatcher:
         found: dict[str, bool] = {}
         for name in self._by_identity.get((mapped.dev, mapped.inode), ()):
             found[name] = True
-        for name in self._by_basename.get(mapped.basename, ()):
-            found.setdefault(name, False)
+        for name, library_file in self._by_basename.get(mapped.basename, ()):
+            if library_file is None or _may_be(mapped, library_file):
+                found.setdefault(name, False)
         for name, pattern in self._globs:
             if fnmatch.fnmatchcase(mapped.basename, pattern):
                 found.setdefault(name, False)
         return list(found.items())
+
+
+def _may_be(mapped: MappedFile, library_file: LibraryFile) -> bool:
+    """Whether a mapping with a `path:` library's basename but not its identity may be it."""
+    return mapped.path == library_file.resolved or mapped.dev != library_file.dev
 
 
 def library_mappings(procfs: ProcFS, pid: int, maps: tuple[MappedFile, ...],

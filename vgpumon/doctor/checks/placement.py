@@ -88,10 +88,12 @@ def _in_server(ctx: DoctorContext, holders: dict[str, list[int]], evidence: list
     if RUNNER in holders:
         return warn(CHECK, f"a runner maps {era.cuda_library}, which {era.title} has none of",
                     "check ollama.version and the groups: in the config", evidence)
-    loaded = (ctx.api.models or ()) if ctx.api is not None and ctx.api.up else ()
+    # These versions have no /api/ps; the model file the server maps says what is loaded.
+    loaded = sorted({ctx.model_label(blob) for server in ctx.servers
+                     for blob in server.libraries.model_blobs})
     if loaded:
-        return fail(CHECK, f"{listing([m.name for m in loaded])} loaded, but `ollama serve` "
-                    f"does not map {era.cuda_library}: it runs on the CPU",
+        return fail(CHECK, f"{listing(loaded)} loaded, but `ollama serve` does not map "
+                    f"{era.cuda_library}: it runs on the CPU",
                     "see libraries.dependencies and loadtest.dlopen", evidence)
     return ok(CHECK, f"no model loaded: `ollama serve` maps {era.cuda_library} only after the "
               "first load", evidence)
