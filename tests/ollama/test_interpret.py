@@ -261,6 +261,14 @@ def test_a_runners_cuda_device_list_is_no_discovery_once_ollama_logs_its_own(ver
     assert "gpu_discovered" not in kinds(run(*lines))
 
 
+def test_a_new_server_ends_an_unfinished_device_list():
+    lines = [OLD_LISTENING.format("0.1.17"), "ggml_init_cublas: found 2 CUDA devices:",
+             "  Device 0: NVIDIA A10, compute capability 8.6",
+             OLD_LISTENING.format("0.13.5"),
+             "  Device 0: NVIDIA A10, compute capability 8.6, VMM: yes, ID: GPU-1"]
+    assert [e.get("id") for e in run(*lines) if e.kind == "gpu_discovered"] == ["0"]
+
+
 def test_a_device_line_without_a_device_count_before_it_is_ignored():
     lines = [OLD_LISTENING.format("0.1.17"), "  Device 0: NVIDIA A10, compute capability 8.6"]
     assert kinds(run(*lines)) == ["ollama_version"]
