@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -112,18 +111,31 @@ class Vgpumon:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        returncode = stop_process(self.process)
         self._reader.join(timeout=5)
-        return self.process.returncode
+        return returncode
 
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
+
+
+def run_cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m vgpumon ARGS` from this checkout, to completion (60 s at most)."""
+    return subprocess.run([sys.executable, "-m", "vgpumon", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          **kw)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def host_config(host: Any, **overrides: Any) -> dict[str, Any]:

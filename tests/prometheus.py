@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import urllib.error
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness import REPO, wait_for
+from tests.harness import REPO, stop_process, wait_for
 
 DASHBOARDS = REPO / "dashboards"
 SCRAPE_CONFIG = DASHBOARDS / "prometheus-scrape.yml"
@@ -208,15 +207,8 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         return self.api("targets", state="active")["activeTargets"]
 
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def stop(self) -> int:
+        return stop_process(self.process, timeout=15)
 
     def log_text(self) -> str:
         try:

@@ -425,15 +425,19 @@ class _Loader:
                 queue.append(obj)
         self.load_dependencies(queue)
 
-    def _load_executable(self, path: str) -> _Object:
-        path = self._abs(path)
+    def _read_file(self, path: str) -> tuple[str, FileId, ElfInfo]:
+        """`path` resolved in the view, the identity of that file, and its ELF headers."""
         real = self.view.realpath(path, strict=True)
         st = os.stat(self.view.outside(real))
-        info = elf.read_elf(self.view.outside(real))
+        return real, (st.st_dev, st.st_ino), elf.read_elf(self.view.outside(real))
+
+    def _load_executable(self, path: str) -> _Object:
+        path = self._abs(path)
+        real, identity, info = self._read_file(path)
         obj = _Object(
             path=path,
             real_path=real,
-            identity=(st.st_dev, st.st_ino),
+            identity=identity,
             info=info,
             loader=None,
             found_by=None,
@@ -450,15 +454,13 @@ class _Loader:
         if path is None:
             return None
         try:
-            real = self.view.realpath(path, strict=True)
-            st = os.stat(self.view.outside(real))
-            info = elf.read_elf(self.view.outside(real))
+            real, identity, info = self._read_file(path)
         except (OSError, ElfError):
             return None
         return _Object(
             path=path,
             real_path=real,
-            identity=(st.st_dev, st.st_ino),
+            identity=identity,
             info=info,
             loader=None,
             found_by=None,

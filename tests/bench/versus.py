@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.bench.client import Scraper
 from tests.bench.measure import Summary, cpu_seconds, summarize
-from tests.harness import wait_for
+from tests.harness import stop_process, wait_for
 
 BINARY = "prometheus-process-exporter"
 # Its defaults (/etc/default/prometheus-process-exporter passes no flags), and the lean
@@ -83,12 +83,7 @@ def measure_process_exporter(config_text: str, workdir: Path, variant: str, scra
         cpu = (cpu_seconds(proc.pid) - before) / scrapes
     finally:
         scraper.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     groups = group_counts(body)
     if any(groups.get(name, 0) != count for name, count in expect.items()):
         raise RuntimeError(f"{BINARY} counts {groups}, expected {expect}")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from tests.harness import REPO, wait_for
+from tests.harness import REPO, run_cli, wait_for
 from vgpumon.eventlog import EventLog
 from vgpumon.events import Event
 
@@ -36,8 +36,7 @@ def sample():
 def test_events_prints_one_line_per_event(tmp_path):
     path = tmp_path / "events.jsonl"
     write(path, sample())
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "events", "--file", str(path)],
-                            capture_output=True, text=True, env=ENV, timeout=60)
+    result = run_cli("events", "--file", str(path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2
@@ -49,8 +48,7 @@ def test_events_prints_one_line_per_event(tmp_path):
 def test_events_json_is_the_event_log(tmp_path):
     path = tmp_path / "events.jsonl"
     write(path, sample())
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "events", "--json", "--file",
-                             str(path)], capture_output=True, text=True, env=ENV, timeout=60)
+    result = run_cli("events", "--json", "--file", str(path))
     assert [json.loads(line)["kind"] for line in result.stdout.splitlines()] == [
         "process_exited", "shim_link_changed"]
 
@@ -84,6 +82,5 @@ def test_events_follow_prints_new_events_across_rotation(tmp_path):
 def test_events_without_a_log_configured_exits_2(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("events: {file: ''}\n")
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "events", "--config", str(config)],
-                            capture_output=True, text=True, env=ENV, timeout=60)
+    result = run_cli("events", "--config", str(config))
     assert result.returncode == 2 and "no event log" in result.stderr

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.core.fakeproc import FakeProc, maps_line, maps_line_for
-from tests.harness import REPO, write_config
+from tests.harness import run_cli, write_config
 
 GOLDEN = Path(__file__).parent / "golden" / "fixture.prom"
 VOLATILE = (
@@ -85,9 +84,7 @@ def build_host(tmp: Path) -> Path:
 
 def test_exposition_matches_the_golden_file(tmp_path):
     config = build_host(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "once", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     check = subprocess.run(["promtool", "check", "metrics"], input=result.stdout.encode(),
                            capture_output=True, timeout=60)

@@ -67,40 +67,10 @@ def synth_elf(
 
     ident = b"\x7fELF" + bytes([2 if is64 else 1, 1 if order == "<" else 2, 1, osabi, 0])
     ident += b"\0" * 7
-    if is64:
-        head = struct.pack(
-            order + "HHIQQQIHHHHHH",
-            e_type,
-            machine,
-            1,
-            0,
-            ehsize,
-            0,
-            0,
-            ehsize,
-            phentsize,
-            nphdr,
-            64,
-            0,
-            0,
-        )
-    else:
-        head = struct.pack(
-            order + "HHIIIIIHHHHHH",
-            e_type,
-            machine,
-            1,
-            0,
-            ehsize,
-            0,
-            0,
-            ehsize,
-            phentsize,
-            nphdr,
-            40,
-            0,
-            0,
-        )
+    # e_entry, e_phoff and e_shoff are 8 bytes in ELF64; e_shentsize is 64 or 40
+    header = "HHIQQQIHHHHHH" if is64 else "HHIIIIIHHHHHH"
+    head = struct.pack(order + header, e_type, machine, 1, 0, ehsize, 0, 0, ehsize, phentsize,
+                       nphdr, 64 if is64 else 40, 0, 0)
     out = bytearray(ident + head)
     out += phdr(elf.PT_LOAD, 0, total, 0x1000)
     out += phdr(elf.PT_DYNAMIC, dyn_off, dyn_len, 8)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import psutil
 import pytest
@@ -18,16 +16,11 @@ from tests.harness import (
     as_nobody,
     host_config,
     parse_metrics,
+    run_cli,
     unprivileged_command,
     wait_for,
     write_config,
 )
-
-
-def run_cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vgpumon", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          **kw)
 
 
 def quiet(config: dict) -> dict:

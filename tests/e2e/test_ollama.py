@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.harness import (
-    REPO,
     Vgpumon,
     host_config,
     parse_metrics,
+    run_cli,
     wait_for,
     write_config,
 )
@@ -86,9 +84,7 @@ def test_cpu_fallback_no_gpu_found(era_host, tmp_path):
 
 
 def replay(log_file) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "replay", "--json",
-                             str(log_file)], capture_output=True, text=True, timeout=60,
-                            env={"PYTHONPATH": str(REPO)})
+    result = run_cli("replay", "--json", str(log_file))
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -122,9 +118,7 @@ def test_once_reports_ollama(simhost, tmp_path):
     host.add_model(MODEL, layers=LAYERS)
     host.start_server().load_model(MODEL, scenario="partial_offload", gpu_layers=10)
     config = write_config(tmp_path / "vgpumon.yaml", host_config(host, events={"file": ""}))
-    result = subprocess.run([sys.executable, "-m", "vgpumon", "once", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60,
-                            env={"PYTHONPATH": str(REPO)})
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     metrics = parse_metrics(result.stdout)
     assert metrics[("vgpumon_ollama_up", ())] == 1
@@ -231,9 +225,7 @@ def test_replay_prints_the_events_the_daemon_saw(simhost, tmp_path):
     for fmt in ("short", "json"):
         journal = tmp_path / f"journal.{fmt}"
         journal.write_text(host.journal(fmt))
-        again = subprocess.run([sys.executable, "-m", "vgpumon", "replay", "--json",
-                                str(journal)], capture_output=True, text=True, timeout=60,
-                               env={"PYTHONPATH": str(REPO)})
+        again = run_cli("replay", "--json", str(journal))
         kinds = [json.loads(line)["kind"] for line in again.stdout.splitlines()]
         assert kinds.count("offload") == [e["kind"] for e in replayed].count("offload"), fmt
 

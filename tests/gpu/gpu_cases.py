@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.harness import Vgpumon, parse_metrics, wait_for  # noqa: E402
+from tests.harness import Vgpumon, parse_metrics, stop_process, wait_for  # noqa: E402
 
 RIG = Path(os.environ.get("RIG_W", "/tmp/vgpurig"))
 BIN = RIG / "build" / "bin"
@@ -137,13 +137,7 @@ def run_case(case: Case, out: Path, port: int) -> None:
             doctor(d)
         evaluate(case, daemon, d, log, server)
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_process(server, timeout=15)
         collect(daemon, d, "final")
         daemon.stop()
         (d / "vgpumon.log").write_text(daemon.log_text())

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.harness import REPO, wait_for
+from tests.harness import REPO, stop_process, wait_for
 from tests.ops.conftest import require_tool
 
 
@@ -72,13 +72,7 @@ def test_demo_runs_answers_and_leaves_nothing_behind() -> None:
         wait_for(scraped, 9, 0.2, message="Prometheus to scrape vgpumon")  # --duration 10
         assert demo.wait(timeout=60) == 0, "".join(output)
     finally:
-        if demo.poll() is None:  # a check failed: let the demo stop what it started
-            demo.terminate()
-            try:
-                demo.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                demo.kill()
-                demo.wait()
+        stop_process(demo, timeout=60)  # a check failed: let the demo stop what it started
         reader.join(timeout=5)
     text = "".join(output)
     assert "crashed" in text, text  # at least one mishap happened

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import yaml
 
-from tests.harness import REPO, Vgpumon, wait_for
+from tests.harness import Vgpumon, run_cli, wait_for
 
 from .conftest import basic, client_context, fetch, libcrypt_bcrypt, tls_config
 
 MTLS = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n"
-
-
-def vgpumon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vgpumon", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def write_config(tmp_path, web_config: str) -> str:
@@ -37,7 +29,7 @@ def users(**passwords: bytes) -> str:
 def test_config_check_validates_the_web_config(tmp_path, pki):
     config = write_config(tmp_path, tls_config(pki, MTLS.format(ca=pki.ca))
                           + users(prometheus=b"pw"))
-    result = vgpumon("config", "check", "--config", config)
+    result = run_cli("config", "check", "--config", config)
     assert result.returncode == 0, result.stderr
     assert "web: " in result.stdout
     assert "client certificates: RequireAndVerifyClientCert" in result.stdout
@@ -46,7 +38,7 @@ def test_config_check_validates_the_web_config(tmp_path, pki):
 
 def test_config_check_exits_2_naming_the_key(tmp_path, pki):
     config = write_config(tmp_path, tls_config(pki, "  client_auth_type: Sometimes\n"))
-    result = vgpumon("config", "check", "--config", config)
+    result = run_cli("config", "check", "--config", config)
     assert result.returncode == 2
     assert (f"vgpumon: {tmp_path}/web.yml:4: tls_server_config.client_auth_type: "
             f"expected one of") in result.stderr
@@ -54,7 +46,7 @@ def test_config_check_exits_2_naming_the_key(tmp_path, pki):
 
 def test_run_exits_2_before_binding_on_a_bad_web_config(tmp_path, pki):
     config = write_config(tmp_path, tls_config(pki).replace(str(pki.server_key), "gone.key"))
-    result = vgpumon("run", "--config", config)
+    result = run_cli("run", "--config", config)
     assert result.returncode == 2
     assert f"{tmp_path}/web.yml:3: tls_server_config.key_file: cannot read" in result.stderr
     assert "listening" not in result.stderr
