@@ -208,7 +208,7 @@ class Daemon:
         """The full refresh (timer, or after events were lost)."""
         self._next_refresh = time.monotonic() + self.config.interval
         now = time.time()
-        self._event_log_still_healthy(now)
+        self.health.renew("event_log", now)  # a quiet host writes no events: no failure
         self.apply(self.observer.refresh(now))
         self._run_refresh_hooks(now)
         notify(f"STATUS={self._status_line()}")
@@ -267,13 +267,6 @@ class Daemon:
         self._dropped_seen = self.event_log.dropped
         self.health.record("event_log", now, ok, time.perf_counter() - started,
                            None if ok else "event log writes fail (see the log)")
-
-    def _event_log_still_healthy(self, now: float) -> None:
-        """A quiet host writes no events, which is no failure: renew the event log's last
-        success while its last write worked, so VgpumonDataStale does not take it for stuck."""
-        status = self.health.status("event_log")
-        if status is not None and status.success:
-            self.health.record("event_log", now, True, 0.0)
 
     def _wake_for_classifier(self, now: float) -> None:
         """Come back when an exit's grace period or a crash-loop window ends."""

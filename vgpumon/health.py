@@ -45,6 +45,13 @@ class CollectorHealth:
         self._status[name] = CollectorStatus(name, success, duration, last_success,
                                              None if success else error)
 
+    def renew(self, name: str, now: float) -> None:
+        """An event-driven source with nothing to report is fine: move its last success on,
+        unless its last outcome was a failure (or it has none yet)."""
+        status = self._status.get(name)
+        if status is not None and status.success:
+            self.record(name, now, True, 0.0)
+
     def status(self, name: str) -> CollectorStatus | None:
         return self._status.get(name)
 

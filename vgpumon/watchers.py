@@ -162,12 +162,10 @@ class EventSources:
 
     def _still_healthy(self, now: float) -> None:
         """An event source with nothing to report is fine: renew its last success."""
-        health = self.daemon.health
         for name, open_source in (("exits", self._connector or self._pidfds),
                                   ("kmsg", self._kmsg)):
-            status = health.status(name)
-            if open_source is not None and (status is None or status.success):
-                health.record(name, now, True, 0.0)
+            if open_source is not None:
+                self.daemon.health.renew(name, now)
 
     def _arm_fswatch(self) -> None:
         """Watch the directories of every link, link target and path library, in their view
