@@ -75,6 +75,32 @@ def parse_environ(data: bytes) -> dict[str, str]:
     return result
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Whose rights a process acts with: its effective uid and gid and its supplementary
+    groups, from ``/proc/PID/status``."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def parse_credentials(data: bytes) -> Credentials:
+    """The effective ids of ``/proc/PID/status`` (``Uid:``/``Gid:`` list real, effective,
+    saved and filesystem ids) and its ``Groups:`` line."""
+    fields: dict[bytes, list[bytes]] = {}
+    for line in data.splitlines():
+        name, sep, rest = line.partition(b":")
+        if sep and name in (b"Uid", b"Gid", b"Groups"):
+            fields[name] = rest.split()
+    try:
+        uid, gid = int(fields[b"Uid"][1]), int(fields[b"Gid"][1])
+        groups = tuple(int(group) for group in fields[b"Groups"])
+    except (KeyError, IndexError, ValueError):
+        raise ProcParseError("status: no complete Uid, Gid and Groups lines") from None
+    return Credentials(uid, gid, groups)
+
+
 def parse_boot_time(data: bytes) -> float:
     """``btime`` from ``/proc/stat``: the boot time in unix seconds."""
     for line in data.splitlines():
@@ -234,6 +260,9 @@ class ProcFS:
 
     def environ(self, pid: int) -> dict[str, str]:
         return parse_environ(self.read(pid, "environ"))
+
+    def credentials(self, pid: int) -> Credentials:
+        return parse_credentials(self.read(pid, "status"))
 
     def boot_time(self) -> float:
         if self._boot_time is None:

@@ -8,10 +8,13 @@ import re
 import pytest
 
 from vgpumon.procfs import (
+    Credentials,
     ProcessMaps,
+    ProcFS,
     ProcParseError,
     parse_boot_time,
     parse_cmdline,
+    parse_credentials,
     parse_environ,
     parse_maps,
     parse_stat,
@@ -146,3 +149,24 @@ def test_process_maps_parse_on_first_look_and_compare_like_the_parse():
     assert maps == parse_maps(MAPS)
     assert [f.path for f in maps] == [f.path for f in parse_maps(MAPS)]
     assert ProcessMaps() == ()
+
+
+def test_credentials_are_the_effective_ids_and_the_groups():
+    status = (b"Name:\tollama\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\n"
+              b"Uid:\t1000\t999\t998\t997\nGid:\t2000\t1999\t1998\t1997\n"
+              b"FDSize:\t64\nGroups:\t44 109 \nNStgid:\t4242\n")
+    assert parse_credentials(status) == Credentials(999, 1999, (44, 109))
+    no_groups = status.replace(b"Groups:\t44 109 \n", b"Groups:\t\n")
+    assert parse_credentials(no_groups) == Credentials(999, 1999, ())
+
+
+def test_credentials_of_a_status_without_ids_are_an_error():
+    with pytest.raises(ProcParseError):
+        parse_credentials(b"Name:\tx\nUid:\t0\n")
+    with pytest.raises(ProcParseError):
+        parse_credentials(b"Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n")  # no Groups line
+
+
+def test_credentials_of_this_process():
+    mine = ProcFS().credentials(os.getpid())
+    assert mine == Credentials(os.geteuid(), os.getegid(), tuple(sorted(os.getgroups())))

@@ -33,6 +33,7 @@ from vgpumon.doctor.report import Check, Report, Section, Status, fail, ok, unce
 from vgpumon.doctor.systemd import UnitStatus, parse_show, unit_of_cgroup, unit_status
 from vgpumon.events import Event
 from vgpumon.paths import HOST
+from vgpumon.procfs import Credentials
 from vgpumon.state import HostState
 
 ROOT = Privileges(0, 0, ("root",), frozenset(range(41)))
@@ -93,6 +94,23 @@ def test_systemd_is_skipped_when_it_is_not_pid_1(tmp_path):
         pytest.skip("this host runs systemd")
     status = unit_status("ollama.service", str(tmp_path))
     assert status.skipped and "'tini', not systemd" in status.skipped
+
+
+def test_a_unit_name_from_a_cgroup_is_never_taken_as_an_option(tmp_path):
+    """A delegated user names its own cgroups: ``--help.service`` must reach systemctl as a
+    unit name (after ``--``), not as an option."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "comm").write_text("systemd\n")
+    argv_file = tmp_path / "argv"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {argv_file}\n"
+                         "echo LoadState=loaded\n")
+    systemctl.chmod(0o755)
+    status = unit_status("--help.service", str(tmp_path), str(systemctl))
+    argv = argv_file.read_text().splitlines()
+    assert argv[0] == "show" and argv[-2:] == ["--", "--help.service"]
+    assert all(arg.startswith("--") for arg in argv[1:-2])
+    assert status.properties.get("LoadState") == "loaded"
 
 
 @pytest.mark.parametrize(("props", "expected", "words"), [
@@ -328,16 +346,20 @@ def test_load_test_reports_the_loader_error_and_the_mappings(build, tmp_path):
     dep = build.so("lib/libdep.so", "-Wl,-soname,libdep.so")
     top = build.so("lib/libtop.so", "-Wl,-soname,libtop.so", f"-L{dep.parent}", "-ldep",
                    "-Wl,-rpath,$ORIGIN")
-    result = run_load_test(str(top), {}, "test")
+    mine = Credentials(os.geteuid(), os.getegid(), tuple(os.getgroups()))
+    result = run_load_test(str(top), {}, "test", mine, "test")
     assert result.ok and result.error is None
     assert {m.path for m in result.loaded} >= {str(top), str(dep)}
     dep.unlink()
-    broken = run_load_test(str(top), {"LD_PRELOAD": str(tmp_path / "nope.so")}, "test")
+    broken = run_load_test(str(top), {"LD_PRELOAD": str(tmp_path / "nope.so")}, "test",
+                           mine, "test")
     assert not broken.ok
     assert "libdep.so: cannot open shared object file" in (broken.error or "")
     assert any("nope.so" in m and "LD_PRELOAD" in m for m in broken.loader_messages)
-    missing_python = run_load_test(str(top), {}, "test", python=str(tmp_path / "no-python"))
-    assert missing_python.skipped and "cannot start" in missing_python.skipped
+    missing_python = run_load_test(str(top), {}, "test", mine, "test",
+                                   pythons=[str(tmp_path / "no-python")])
+    assert missing_python.skipped and "no Python interpreter" in missing_python.skipped
+    assert "no-python: No such file or directory" in missing_python.skipped
 
 
 # -- kernel records ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from vgpumon.ldresolve import FileId
 from vgpumon.observer import HostObserver
 from vgpumon.ollama.manifests import BlobNames, blob_digest_from_model_arg, model_names_by_blob
 from vgpumon.paths import FileView, process_view
-from vgpumon.procfs import DELETED_SUFFIX, ProcFS
+from vgpumon.procfs import DELETED_SUFFIX, Credentials, ProcFS, ProcParseError
 from vgpumon.sources.ollama_api import OllamaApiState, poll
 from vgpumon.sources.processes import TrackedProcess
 from vgpumon.state import HostState, ProcessState
@@ -84,6 +84,7 @@ class ProcessEnviron:
     variables: Mapping[str, str] | None
     error: str | None = None
     tmpdir: str | None = None
+    credentials: Credentials | None = None  # read with the variables: the same process
 
 
 @dataclass(frozen=True)
@@ -247,11 +248,16 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
 
 def read_environ(procfs: ProcFS, pid: int) -> ProcessEnviron:
     try:
+        credentials: Credentials | None = procfs.credentials(pid)
+    except (OSError, ProcParseError):
+        credentials = None
+    try:
         environ = procfs.environ(pid)
     except OSError as err:
         return ProcessEnviron(pid, None, cannot_read("environ", procfs.path(pid, "environ"),
-                                                     describe_error(err)))
-    return ProcessEnviron(pid, relevant(environ), None, environ.get("TMPDIR"))
+                                                     describe_error(err)),
+                              credentials=credentials)
+    return ProcessEnviron(pid, relevant(environ), None, environ.get("TMPDIR"), credentials)
 
 
 def server_facts(procfs: ProcFS, state: HostState, host_view: FileView) -> ServerFacts | None:
@@ -393,11 +399,13 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
     environ: dict[str, str] = {}
     environ_from, known = "no environment", True
     for candidate in existing:
-        environ, environ_from, known = loader_environ(ctx, candidate.path, lib_dir)
+        env = loader_environ(ctx, candidate.path, lib_dir)
+        environ, environ_from, known = env.variables, env.whose, env.known
         resolutions.append(resolve_candidate(candidate, view, environ, executable, server.cwd,
                                              shims))
     if not existing:
-        environ, environ_from, known = loader_environ(ctx, None, lib_dir)
+        env = loader_environ(ctx, None, lib_dir)
+        environ, environ_from, known = env.variables, env.whose, env.known
     return LibraryFacts(lib_dir, candidates, tuple(resolutions), environ, environ_from,
                         known, executable, shims, tuple(notes))
 
@@ -429,28 +437,38 @@ def runner_executable(ctx: DoctorContext, server: ServerFacts,
     return server.exe
 
 
-def loader_environ(ctx: DoctorContext, library: str | None,
-                   lib_dir: str | None) -> tuple[dict[str, str], str, bool]:
-    """The variables a runner loads the library with, whose they are, and whether they are
-    known (False: the server's own could not be read, so only what Ollama adds is there).
+@dataclass(frozen=True)
+class LoaderEnviron:
+    """The variables a runner loads the library with, whose they are, whether they are known
+    (False: the server's own could not be read, so only what Ollama adds is there), and the
+    process whose rights a test load takes."""
 
-    A running runner's own where readable, else the server's with what Ollama adds for a
+    variables: dict[str, str]
+    whose: str
+    known: bool
+    owner: ProcessEnviron | None
+
+
+def loader_environ(ctx: DoctorContext, library: str | None,
+                   lib_dir: str | None) -> LoaderEnviron:
+    """A running runner's own where readable, else the server's with what Ollama adds for a
     runner of this version."""
     for pid, env in sorted(ctx.runner_environs.items()):
         if env.variables is not None:
-            return dict(env.variables), f"runner pid {pid}", True
+            return LoaderEnviron(dict(env.variables), f"runner pid {pid}", True, env)
+    owner = ctx.server.environ if ctx.server else None
     server_env = ctx.server_environ
     known = server_env is not None
     base = dict(server_env or {})
     whose = ("the server's environment" if known
              else "an assumed environment (the server's could not be read)")
     if lib_dir is None:
-        return base, whose, known
+        return LoaderEnviron(base, whose, known, owner)
     era = ctx.era or LATEST
     cuda_dir = os.path.dirname(library) if library else None
     derived = eras.runner_environment(era, ctx.version, base, lib_dir, cuda_dir)
-    return derived, f"{whose} plus what Ollama {ctx.version or ''} adds for a runner".replace(
-        "  ", " "), known
+    whose = f"{whose} plus what Ollama {ctx.version or ''} adds for a runner".replace("  ", " ")
+    return LoaderEnviron(derived, whose, known, owner)
 
 
 def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTestResult | None:
@@ -459,15 +477,19 @@ def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTes
     target = next((r for r in libraries.resolutions if r.resolution is not None), None)
     if target is None:
         return None
-    environ, environ_from, known = loader_environ(ctx, target.path, libraries.lib_dir)
+    env = loader_environ(ctx, target.path, libraries.lib_dir)
+    owner = env.owner or ctx.server.environ
+    credentials_from = ("the server" if owner.pid == ctx.server.process.pid else "runner") \
+        + f" pid {owner.pid}"
+    skipped = LoadTestResult(target.path, env.variables, env.whose, env.known,
+                             owner.credentials, credentials_from)
     if not ctx.server.same_root:
-        return LoadTestResult(target.path, environ, environ_from, known,
-                              skipped="the server runs in its own filesystem (a container); "
-                                      "a child of the doctor would load the host's files")
+        return replace(skipped, skipped="the server runs in its own filesystem (a container); "
+                                        "a child of the doctor would load the host's files")
     if not ctx.server.view.is_identity:
-        return LoadTestResult(target.path, environ, environ_from, known,
-                              skipped=f"the host's filesystem is mounted at "
-                                      f"{ctx.server.view.root} (rootfs:): a child of the "
-                                      "doctor would load its own files, not the host's")
-    return run_load_test(target.path, environ, environ_from, ctx.options.load_test_timeout,
-                         environ_known=known)
+        return replace(skipped, skipped=f"the host's filesystem is mounted at "
+                                        f"{ctx.server.view.root} (rootfs:): a child of the "
+                                        "doctor would load its own files, not the host's")
+    return run_load_test(target.path, env.variables, env.whose, owner.credentials,
+                         credentials_from, timeout=ctx.options.load_test_timeout,
+                         environ_known=env.known)

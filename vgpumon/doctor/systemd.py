@@ -94,7 +94,9 @@ def unit_status(unit: str, procfs: str = "/proc", systemctl: str = "systemctl") 
     binary = shutil.which(systemctl)
     if binary is None:
         return UnitStatus(unit, skipped=f"{systemctl} not found")
-    args = [binary, "show", unit, "--no-pager", *(f"--property={p}" for p in PROPERTIES)]
+    # The unit name comes from the server's cgroup path, which a delegated user can name:
+    # after "--" it can only ever be a unit name, never an option.
+    args = [binary, "show", "--no-pager", *(f"--property={p}" for p in PROPERTIES), "--", unit]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT,
                               check=False)

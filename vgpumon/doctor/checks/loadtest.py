@@ -1,17 +1,16 @@
 """Load test: did a real ``dlopen`` of the CUDA backend work in a child with the runner's
 variables, and which GPU libraries did the child end up with (is ``libcuda.so.1`` the shim)?
 
-The child runs library code (constructors): see `vgpumon.doctor.loadtest`; ``--no-load-test``
-skips it.
+The child runs library code (constructors) with the examined process's credentials, never the
+doctor's: see `vgpumon.doctor.loadtest`; ``--no-load-test`` skips it.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import sys
 
 from vgpumon.doctor.context import DoctorContext
-from vgpumon.doctor.loadtest import LoadTestResult
+from vgpumon.doctor.loadtest import LoadTestResult, describe_credentials
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain, warn
 from vgpumon.doctor.text import listing
@@ -45,10 +44,14 @@ def checks(ctx: DoctorContext) -> list[Check]:
 
 def dlopen(ctx: DoctorContext, result: LoadTestResult) -> Check:
     env = ", ".join(f"{k}={v}" for k, v in result.environ.items()) or "none"
-    evidence = [f"child: {_python()} -c <dlopen> {result.library}",
+    rights = (describe_credentials(result.credentials) if result.credentials
+              else "unknown")
+    evidence = [f"child: {result.python} -c <dlopen> {result.library}",
                 f"variables (from {result.environ_from}): {env}",
+                f"rights: {rights}, taken from {result.credentials_from}, with no_new_privs",
                 "note: the dlopen runs the constructors of the library, its dependencies and "
-                "the preloaded shims (--no-load-test skips this test)"]
+                "the preloaded shims, with the rights of the process they belong to "
+                "(--no-load-test skips this test)"]
     evidence += [f"loader: {m}" for m in result.loader_messages]
     if not result.ok:
         return fail("loadtest.dlopen", f"dlopen({result.library}) failed: {result.error}",
@@ -102,6 +105,3 @@ def _describe(ctx: DoctorContext, mapped: MappedFile) -> str:
 def _is_gpu(mapped: MappedFile) -> bool:
     return any(fnmatch.fnmatchcase(mapped.basename, p) for p in GPU_LIBRARIES)
 
-
-def _python() -> str:
-    return sys.executable
