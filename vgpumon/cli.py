@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from prometheus_client import generate_latest, write_to_textfile
 
 from vgpumon import __version__
-from vgpumon.config import Config, ConfigError, load_config
+from vgpumon.config.loading import ConfigError, load_config
+from vgpumon.config.schema import Config
 
 log = logging.getLogger("vgpumon")
 
@@ -126,10 +127,10 @@ def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vgpumon.daemon import Daemon
-    from vgpumon.ollama_sources import OllamaSources
-    from vgpumon.watchers import EventSources
-    from vgpumon.webconfig import web_access_for
+    from vgpumon.daemon.loop import Daemon
+    from vgpumon.daemon.ollama_sources import OllamaSources
+    from vgpumon.daemon.watchers import EventSources
+    from vgpumon.http.webconfig import web_access_for
 
     loader = config_loader(args)
     config = loader()  # a bad config exits 2 here, before any port is bound
@@ -157,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from vgpumon.daemon import Daemon
-    from vgpumon.ollama_sources import OllamaSources
+    from vgpumon.daemon.loop import Daemon
+    from vgpumon.daemon.ollama_sources import OllamaSources
 
     config = load_config(args.config)
     daemon = Daemon(config)
@@ -176,7 +177,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from vgpumon.webconfig import web_access_for
+    from vgpumon.http.webconfig import web_access_for
 
     config = load_config(args.config)
     web_access = web_access_for(config.web_config_file)
@@ -191,8 +192,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from vgpumon.eventlog import follow_event_log, read_event_log
-    from vgpumon.timeline import format_event
+    from vgpumon.daemon.eventlog import follow_event_log, read_event_log
+    from vgpumon.model.timeline import format_event
 
     path = args.file or load_config(args.config).events.file
     if not path:
@@ -228,8 +229,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from vgpumon.model.timeline import format_timeline
     from vgpumon.ollama.replay import ReplayStats, local_timezone, replay
-    from vgpumon.timeline import format_timeline
 
     stats = ReplayStats()
     try:

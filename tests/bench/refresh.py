@@ -3,7 +3,8 @@
 A full refresh is what the daemon's safety-net timer runs every `interval`: the /proc scan, the
 library files, the maps of every tracked process, the links. A refresh skips a maps whose
 process's address space kept its size and re-reads it at least every
-`vgpumon.observer.MAPS_REREAD_SECONDS` (30 s: every 6th refresh at the default interval), so
+`vgpumon.snapshot.observer.MAPS_REREAD_SECONDS` (30 s: every 6th refresh at the default interval),
+so
 two series are measured: as the daemon runs them back to back (maps unchanged, skipped), and
 with every maps read in full. Each round also measures the I/O floor right after it, in the
 same process: listing /proc and reading the maps of the tracked processes, the part a full
@@ -44,8 +45,8 @@ class RefreshCost:
 
 
 def observer_for(config: dict[str, Any]):
-    from vgpumon.config import parse_config
-    from vgpumon.observer import HostObserver
+    from vgpumon.config.loading import parse_config
+    from vgpumon.snapshot.observer import HostObserver
 
     return HostObserver(parse_config(yaml.safe_dump(config, sort_keys=False)))
 
@@ -53,7 +54,7 @@ def observer_for(config: dict[str, Any]):
 @contextlib.contextmanager
 def every_maps_read() -> Iterator[None]:
     """Make each refresh read every maps (a source without the skip always does)."""
-    from vgpumon import observer
+    from vgpumon.snapshot import observer
 
     saved = getattr(observer, "MAPS_REREAD_SECONDS", None)
     if saved is None:
@@ -70,7 +71,7 @@ def measure_refresh(config: dict[str, Any], rounds: int, *, expect_tracked: int)
     """Median and p99 CPU of `rounds` full refreshes of each kind, after two warm-up
     refreshes (the first classifies every PID on the host, the second settles the young
     re-checks)."""
-    from vgpumon.procfs import read_file
+    from vgpumon.linux.procfs import read_file
 
     observer = observer_for(config)
     for _ in range(2):

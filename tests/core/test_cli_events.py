@@ -9,8 +9,8 @@ import sys
 import threading
 
 from tests.harness import REPO, run_cli, wait_for
-from vgpumon.eventlog import EventLog
-from vgpumon.events import Event
+from vgpumon.daemon.eventlog import EventLog
+from vgpumon.model.events import Event
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 

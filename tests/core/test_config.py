@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.config import Config, ConfigError, load_config, parse_config
-from vgpumon.durations import format_duration, parse_duration
+from vgpumon.config.durations import format_duration, parse_duration
+from vgpumon.config.loading import ConfigError, load_config, parse_config
+from vgpumon.config.schema import Config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgpumon.containers import container_of
+from vgpumon.linux.containers import container_of
 
 ID = "0123456789abcdef" * 4
 

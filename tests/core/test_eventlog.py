@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from vgpumon.eventlog import EventLog, parse_event_line, read_event_log
-from vgpumon.events import Event
+from vgpumon.daemon.eventlog import EventLog, parse_event_line, read_event_log
+from vgpumon.model.events import Event
 
 
 def make(n):

@@ -43,9 +43,9 @@ REVIEWED = {
         "journalctl as named in vgpumon's own config, fixed arguments",
     ("vgpumon/sources/ollama_log.py", "JournalFollower.catch_up", "subprocess.run"):
         "journalctl as named in vgpumon's own config, fixed arguments",
-    ("vgpumon/passwords.py", "_load_library", "ctypes.util.find_library"):
+    ("vgpumon/http/passwords.py", "_load_library", "ctypes.util.find_library"):
         "the host's libcrypt, by a fixed name",
-    ("vgpumon/passwords.py", "_load_library", "ctypes.CDLL"):
+    ("vgpumon/http/passwords.py", "_load_library", "ctypes.CDLL"):
         "the host's libcrypt, by fixed names or what find_library('crypt') returns",
 }
 

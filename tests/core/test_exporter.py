@@ -10,13 +10,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.core.fakeproc import FakeProc, maps_line
 from tests.harness import parse_metrics
-from vgpumon.config import parse_config
-from vgpumon.exporter import VgpumonCollector
-from vgpumon.observer import HostObserver
-from vgpumon.ollama.state import Offload, OllamaState
-from vgpumon.publication import Published, RuntimeInfo
+from vgpumon.config.loading import parse_config
+from vgpumon.http.collector import VgpumonCollector
+from vgpumon.snapshot.counters import Counters
+from vgpumon.snapshot.observer import HostObserver
+from vgpumon.snapshot.ollama import Offload, OllamaState
+from vgpumon.snapshot.publication import Published, RuntimeInfo
 from vgpumon.sources.nvml import GpuMemory
-from vgpumon.tracker import Counters
 
 RUNNER = ["/usr/lib/ollama/llama-server", "--model", "/m/blobs/sha256-" + "b" * 64,
           "--port", "4000"]

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from tests.core.fakeproc import FakeProc, maps_line, maps_line_for
-from vgpumon.config import parse_config
-from vgpumon.paths import HOST
-from vgpumon.procfs import ProcFS, parse_maps
+from vgpumon.config.loading import parse_config
+from vgpumon.linux.paths import HOST
+from vgpumon.linux.procfs import ProcFS, parse_maps
 from vgpumon.sources.libraries import (
     LibraryMatcher,
     bypassing,

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from vgpumon.config import LinkSpec
-from vgpumon.paths import HOST, FileView
+from vgpumon.config.schema import LinkSpec
+from vgpumon.linux.paths import HOST, FileView
 from vgpumon.sources.links import check_link
 
 

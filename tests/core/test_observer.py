@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.core.fakeproc import FakeProc, maps_line_for
-from vgpumon import observer as observer_module
-from vgpumon.config import parse_config
-from vgpumon.observer import HostObserver
+from vgpumon.config.loading import parse_config
+from vgpumon.snapshot import observer as observer_module
+from vgpumon.snapshot.observer import HostObserver
 
 RUNNER = ["/usr/local/bin/ollama", "runner", "--model", "/m/blobs/sha256-aa", "--port", "1"]
 

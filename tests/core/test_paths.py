@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vgpumon.paths import HOST, FileView
+from vgpumon.linux.paths import HOST, FileView
 
 
 @pytest.fixture

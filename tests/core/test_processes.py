@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.core.fakeproc import FakeProc
-from vgpumon.config import Config, parse_config
-from vgpumon.procfs import ProcFS
+from vgpumon.config.loading import parse_config
+from vgpumon.config.schema import Config
+from vgpumon.linux.procfs import ProcFS
 from vgpumon.sources.processes import ProcessScanner, classify, model_argument
 
 GROUPS = Config().groups

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from vgpumon.procfs import (
+from vgpumon.linux.procfs import (
     Credentials,
     ProcessMaps,
     ProcFS,

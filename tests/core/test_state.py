@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from vgpumon.snapshot.host import HostState, ProcessState, diff
 from vgpumon.sources.libraries import LibraryMapping, ProcessLibraries
 from vgpumon.sources.links import ShimLinkState
 from vgpumon.sources.processes import TrackedProcess
-from vgpumon.state import HostState, ProcessState, diff
 
 PROCESS = TrackedProcess(pid=7, start_ticks=1, start_time=1.0, ppid=1, group="discovery",
                          comm="ollama", cmdline=("ollama", "runner"), exe=None, model_arg=None)

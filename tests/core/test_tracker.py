@@ -7,11 +7,11 @@ import signal
 
 import pytest
 
-from vgpumon import events as ev
-from vgpumon.config import CrashLoopSpec
-from vgpumon.events import Event
-from vgpumon.exits import ExitStatus, reason_for
-from vgpumon.tracker import Tracker
+from vgpumon.config.schema import CrashLoopSpec
+from vgpumon.daemon.counters import Tracker
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.model.exits import ExitStatus, reason_for
 
 
 @pytest.mark.parametrize(("status", "oom", "reason"), [

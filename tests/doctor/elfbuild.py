@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from vgpumon import elf
+from vgpumon.doctor.loader import elf
 
 
 def synth_elf(

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from vgpumon.config import Config
+from vgpumon.config.schema import Config
 from vgpumon.doctor import build_report
 from vgpumon.doctor.checks import environment, log, ollama
 from vgpumon.doctor.context import DoctorContext, DoctorOptions, relevant
@@ -31,10 +31,10 @@ from vgpumon.doctor.privileges import (
 from vgpumon.doctor.render import render_json, render_text
 from vgpumon.doctor.report import Check, Report, Section, Status, fail, ok, uncertain, warn
 from vgpumon.doctor.systemd import UnitStatus, parse_show, unit_of_cgroup, unit_status
-from vgpumon.events import Event
-from vgpumon.paths import HOST
-from vgpumon.procfs import Credentials
-from vgpumon.state import HostState
+from vgpumon.linux.paths import HOST
+from vgpumon.linux.procfs import Credentials
+from vgpumon.model.events import Event
+from vgpumon.snapshot.host import HostState
 
 ROOT = Privileges(0, 0, ("root",), frozenset(range(41)))
 

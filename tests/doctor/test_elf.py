@@ -1,4 +1,5 @@
-"""vgpumon.elf against binutils' readelf on real libraries, and against synthetic images."""
+"""vgpumon.doctor.loader.elf against binutils' readelf on real libraries, and against synthetic
+images."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgpumon import elf
-from vgpumon.elf import ElfError, ElfInfo, parse_elf, read_elf
+from vgpumon.doctor.loader import elf
+from vgpumon.doctor.loader.elf import ElfError, ElfInfo, parse_elf, read_elf
 
 from .elfbuild import bytes_reader, synth_elf
 from .readelf import READELF, readelf_facts

@@ -1,4 +1,5 @@
-"""vgpumon.ldcache against ``ldconfig -p`` for the system cache and caches ldconfig writes."""
+"""vgpumon.doctor.loader.ldcache against ``ldconfig -p`` for the system cache and caches ldconfig
+writes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgpumon import elf
-from vgpumon.ldcache import (
+from vgpumon.doctor.loader import elf
+from vgpumon.doctor.loader.ldcache import (
     CacheEntry,
     LdCache,
     LdCacheError,
@@ -22,7 +23,7 @@ from vgpumon.ldcache import (
     parse_ld_cache,
     read_ld_cache,
 )
-from vgpumon.paths import FileView
+from vgpumon.linux.paths import FileView
 
 LDCONFIG = shutil.which("ldconfig") or (
     "/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else None

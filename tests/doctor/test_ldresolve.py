@@ -1,4 +1,5 @@
-"""vgpumon.ldresolve against the real glibc loader, on objects built with gcc in a tmp dir.
+"""vgpumon.doctor.loader.ldresolve against the real glibc loader, on objects built with gcc in a
+tmp dir.
 
 Each scenario builds tiny shared objects, resolves them with the pure-Python resolver, and
 runs the real loader on the same files (`oracle.run_loader`: a host program that dlopens the
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon import elf
-from vgpumon.ldcache import read_ld_cache
-from vgpumon.ldresolve import (
+from vgpumon.doctor.loader import elf
+from vgpumon.doctor.loader.ldcache import read_ld_cache
+from vgpumon.doctor.loader.ldresolve import (
     LD_PRELOAD,
     LoaderEnvironment,
     Resolution,
@@ -29,7 +30,7 @@ from vgpumon.ldresolve import (
     shim_resolution,
     system_layout,
 )
-from vgpumon.paths import HOST, FileView
+from vgpumon.linux.paths import HOST, FileView
 
 from .oracle import build_host, run_loader, supported_hwcaps, system_search_path
 

@@ -21,7 +21,7 @@ from tests.doctor.simdoctor import doctor
 from tests.simhost import wait_until
 from vgpumon.doctor.loadtest import run_load_test
 from vgpumon.doctor.report import Status
-from vgpumon.procfs import Credentials
+from vgpumon.linux.procfs import Credentials
 
 NOBODY = 65534
 NOGROUP = 65534

@@ -17,17 +17,12 @@ from typing import Any
 from hypothesis import settings
 
 from tests.doctor.elfbuild import bytes_reader
-from vgpumon.config import MAX_DURATION, MAX_INTEGER, Config, ConfigError, parse_config
-from vgpumon.elf import ElfError, ElfInfo, parse_elf
-from vgpumon.eventlog import parse_event_line
-from vgpumon.events import Event
-from vgpumon.ldcache import LdCache, LdCacheError, parse_ld_cache
-from vgpumon.ollama.api import ApiFormatError, LoadedModel, parse_ps, parse_version
-from vgpumon.ollama.interpret import KINDS, LogInterpreter
-from vgpumon.ollama.journal import JournalEntry, JournalFormatError, parse_journal_json
-from vgpumon.ollama.logline import LogRecord, parse_line
-from vgpumon.ollama.replay import JSON, PLAIN, SHORT, records_of_line
-from vgpumon.procfs import (
+from vgpumon.config.loading import MAX_DURATION, MAX_INTEGER, ConfigError, parse_config
+from vgpumon.config.schema import Config
+from vgpumon.daemon.eventlog import parse_event_line
+from vgpumon.doctor.loader.elf import ElfError, ElfInfo, parse_elf
+from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, parse_ld_cache
+from vgpumon.linux.procfs import (
     MappedFile,
     ProcParseError,
     ProcStat,
@@ -37,6 +32,12 @@ from vgpumon.procfs import (
     parse_maps,
     parse_stat,
 )
+from vgpumon.model.events import Event
+from vgpumon.ollama.api import ApiFormatError, LoadedModel, parse_ps, parse_version
+from vgpumon.ollama.interpret import KINDS, LogInterpreter
+from vgpumon.ollama.journal import JournalEntry, JournalFormatError, parse_journal_json
+from vgpumon.ollama.logline import LogRecord, parse_line
+from vgpumon.ollama.replay import JSON, PLAIN, SHORT, records_of_line
 from vgpumon.sources.kmsg import (
     KmsgFormatError,
     KmsgRecord,

@@ -18,7 +18,7 @@ from tests.doctor.test_ldcache import SEED as LDCACHE_SEED
 from tests.doctor.test_ldcache import synth_cache
 from tests.ollama.test_api import PS_CURRENT
 from tests.ollama.test_fuzz import KNOWN_LINES
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 
 REPO = Path(__file__).resolve().parents[2]
 OLLAMA_DATA = REPO / "tests" / "ollama" / "data"

@@ -11,8 +11,8 @@ import json
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vgpumon.eventlog import parse_event_line
-from vgpumon.events import ALL_KINDS, Event
+from vgpumon.daemon.eventlog import parse_event_line
+from vgpumon.model.events import ALL_KINDS, Event
 
 from . import samples
 from .contracts import CONTRACTS, FUZZ, holds

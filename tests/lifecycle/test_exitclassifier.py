@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import signal
 
-from vgpumon.exitclassifier import GO_CRASH, LOG_EXIT, OOM_KILL, SEGFAULT, Evidence, ExitClassifier
-from vgpumon.procfs import MappedFile, MappedRange
+from vgpumon.daemon.exitclassifier import (
+    GO_CRASH,
+    LOG_EXIT,
+    OOM_KILL,
+    SEGFAULT,
+    Evidence,
+    ExitClassifier,
+)
+from vgpumon.linux.procfs import MappedFile, MappedRange
 from vgpumon.sources.processes import TrackedProcess
 
 RUNNER = TrackedProcess(pid=4242, start_ticks=1, start_time=100.0, ppid=4100, group="runner",

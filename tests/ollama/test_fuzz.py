@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.ollama import test_interpret as samples
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 from vgpumon.ollama import exits
 from vgpumon.ollama.api import ApiFormatError, parse_ps, parse_version
 from vgpumon.ollama.interpret import KINDS, LogInterpreter

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 from vgpumon.ollama.interpret import (
     GO_CRASH,
     LogInterpreter,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vgpumon.linux.paths import HOST, FileView
 from vgpumon.ollama.manifests import (
     MAX_MANIFEST_BYTES,
     BlobNames,
@@ -16,7 +17,6 @@ from vgpumon.ollama.manifests import (
     model_name,
     model_names_by_blob,
 )
-from vgpumon.paths import HOST, FileView
 
 LLAMA = "45b1c9806e74e0494dd9a08d54a93258ffe5b6ed6468a2c6c274a21bddd7d380"
 QWEN = "4a65eed368b066945e57bb625e89d33190ea4863abb1c53422d4f9118a6d5e81"

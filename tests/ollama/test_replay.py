@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 from vgpumon.ollama.replay import ReplayStats, detect_format, format_timeline, replay
 
 DATA = Path(__file__).parent / "data"

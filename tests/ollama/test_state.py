@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from vgpumon import events as ev
-from vgpumon.events import Event
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.logline import parse_line
-from vgpumon.ollama.state import OllamaFacts
+from vgpumon.snapshot.ollama import OllamaFacts
 
 BLOB = "a" * 64
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from tests.harness import REPO
-from vgpumon.config import parse_config
+from vgpumon.config.loading import parse_config
 
 MANIFEST = REPO / "config" / "kubernetes" / "daemonset.yaml"
 

@@ -14,7 +14,7 @@ DOCUMENTED = re.compile(r"^\| `(vgpumon_[a-z0-9_]+)`(?:, `(vgpumon_[a-z0-9_]+)`)
 
 
 def exported() -> set[str]:
-    source = (REPO / "vgpumon" / "exporter.py").read_text()
+    source = (REPO / "vgpumon" / "http" / "collector.py").read_text()
     return ({name + "_total" for name in COUNTER.findall(source)}
             | set(GAUGE.findall(source)))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon import sdnotify
-from vgpumon.sdnotify import Watchdog, WatchdogTimeout, notify
+from vgpumon.daemon import sdnotify
+from vgpumon.daemon.sdnotify import Watchdog, WatchdogTimeout, notify
 
 
 def _receiver(address: str | bytes) -> socket.socket:
@@ -80,7 +80,7 @@ def test_missing_socket_is_false_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}
-    with caplog.at_level(logging.WARNING, logger="vgpumon.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="vgpumon.daemon.sdnotify"):
         assert notify("READY=1", environ=env) is False
         assert notify("WATCHDOG=1", environ=env) is False
     assert len(caplog.records) == 1

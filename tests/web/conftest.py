@@ -29,13 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from vgpumon.config import Config, EventsSpec
-from vgpumon.exporter import VgpumonCollector
-from vgpumon.publication import Published, Publisher, RuntimeInfo
-from vgpumon.state import HostState
-from vgpumon.tracker import Tracker
-from vgpumon.web import ExporterServer
-from vgpumon.webconfig import WebAccess, web_access_for
+from vgpumon.config.schema import Config, EventsSpec
+from vgpumon.daemon.counters import Tracker
+from vgpumon.http.collector import VgpumonCollector
+from vgpumon.http.server import ExporterServer
+from vgpumon.http.webconfig import WebAccess, web_access_for
+from vgpumon.snapshot.host import HostState
+from vgpumon.snapshot.publication import Published, Publisher, RuntimeInfo
 
 CLIENT_SANS = ("prometheus.example", "::1", "prometheus@example.org",
                "spiffe://example.org/prometheus")

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from vgpumon.passwords import BcryptHash, bcrypt_problem, check_password
-from vgpumon.webauth import BasicAuth, RateLimiter, basic_credentials
+from vgpumon.http.auth import BasicAuth, RateLimiter, basic_credentials
+from vgpumon.http.passwords import BcryptHash, bcrypt_problem, check_password
 
 from .conftest import basic, libcrypt_bcrypt
 

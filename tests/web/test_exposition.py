@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from tests.web.conftest import published
-from vgpumon.exporter import VgpumonCollector
-from vgpumon.exposition import ExpositionCache
-from vgpumon.publication import Publisher
+from vgpumon.http.collector import VgpumonCollector
+from vgpumon.http.exposition import ExpositionCache
+from vgpumon.snapshot.publication import Publisher
 from vgpumon.sources.links import ShimLinkState
 
 ACCEPTS = (

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from vgpumon.webauth import CHALLENGE
+from vgpumon.http.auth import CHALLENGE
 
 from .conftest import (
     CLIENT_SANS,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.config import ConfigError
-from vgpumon.webconfig import (
+from vgpumon.config.loading import ConfigError
+from vgpumon.http.webconfig import (
     WebConfig,
     build_access,
     load_web_config,

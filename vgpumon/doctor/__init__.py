@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from vgpumon import __version__
-from vgpumon.config import Config
+from vgpumon.config.schema import Config
 from vgpumon.doctor.checks import SECTIONS
 from vgpumon.doctor.context import DoctorContext, DoctorOptions, gather
 from vgpumon.doctor.report import Check, Report, Section, warn

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from vgpumon.config import Config
+from vgpumon.config.schema import Config
 from vgpumon.doctor import eras
 from vgpumon.doctor.eras import LATEST, Era, era_of
 from vgpumon.doctor.kmsg import KernelLog, read_kernel_log
@@ -29,6 +29,7 @@ from vgpumon.doctor.libsearch import (
     loadable_executable,
     resolve_candidate,
 )
+from vgpumon.doctor.loader.ldresolve import FileId
 from vgpumon.doctor.loadtest import LoadTestResult, run_load_test
 from vgpumon.doctor.logread import LogReadout, read_log
 from vgpumon.doctor.modelload import ModelLoad, load_model
@@ -39,15 +40,14 @@ from vgpumon.doctor.privileges import (
     describe_error,
 )
 from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
-from vgpumon.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY, Event
-from vgpumon.ldresolve import FileId
-from vgpumon.observer import HostObserver
+from vgpumon.linux.paths import FileView, process_view
+from vgpumon.linux.procfs import DELETED_SUFFIX, Credentials, ProcFS, ProcParseError
+from vgpumon.model.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY, Event
 from vgpumon.ollama.manifests import BlobNames, blob_digest_from_model_arg, model_names_by_blob
-from vgpumon.paths import FileView, process_view
-from vgpumon.procfs import DELETED_SUFFIX, Credentials, ProcFS, ProcParseError
+from vgpumon.snapshot.host import HostState, ProcessState
+from vgpumon.snapshot.observer import HostObserver
 from vgpumon.sources.ollama_api import OllamaApiState, poll
 from vgpumon.sources.processes import TrackedProcess
-from vgpumon.state import HostState, ProcessState
 
 SERVER, RUNNER, DISCOVERY = "server", "runner", "discovery"
 GGML_CUDA = "ggml-cuda"

@@ -3,7 +3,8 @@
 The candidates come from the places Ollama itself looks (facts/ollama.md §3.3, §3.4): the file
 a runner has mapped, ``GGML_BACKEND_PATH``, the ``OLLAMA_LIBRARY_PATH`` dirs, and
 ``lib/ollama/cuda_v*`` next to the server's executable. Each one found is resolved with
-`vgpumon.ldresolve` in the environment a runner gets, through the server's `FileView`, and
+`vgpumon.doctor.loader.ldresolve` in the environment a runner gets, through the server's
+`FileView`, and
 ``libcuda.so.1`` is followed to the file it lands on: the vGPU shim or not.
 """
 
@@ -16,8 +17,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from vgpumon.doctor.eras import LATEST, Era
-from vgpumon.elf import ElfError, read_elf
-from vgpumon.ldresolve import (
+from vgpumon.doctor.loader.elf import ElfError, read_elf
+from vgpumon.doctor.loader.ldresolve import (
     FileId,
     LoaderEnvironment,
     Resolution,
@@ -26,7 +27,7 @@ from vgpumon.ldresolve import (
     resolve_name,
     shim_resolution,
 )
-from vgpumon.paths import FileView
+from vgpumon.linux.paths import FileView
 
 LIBCUDA = "libcuda.so.1"
 MAX_RESOLVED = 4  # candidates resolved; a host has one or two CUDA dirs

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vgpumon.procfs import Credentials, MappedFile, parse_maps
+from vgpumon.linux.procfs import Credentials, MappedFile, parse_maps
 
 TIMEOUT = 20.0
 MAX_OUTPUT = 8 << 20

@@ -7,9 +7,9 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 
-from vgpumon.config import OllamaLogSpec
+from vgpumon.config.schema import OllamaLogSpec
 from vgpumon.doctor.privileges import Privileges, is_permission_problem, needs
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 from vgpumon.ollama.replay import JSON, PLAIN, local_timezone, replay
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 

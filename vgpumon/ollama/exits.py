@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vgpumon.exits import (  # noqa: F401 - the reasons, re-exported for this module's users
+from vgpumon.model.exits import (  # noqa: F401 - the reasons, re-exported for this module's users
     CLEAN,
     CRASH,
     CRASH_SIGNALS,
@@ -83,7 +83,7 @@ _GGML_ABORT_TEXT = re.compile(r"GGML_ASSERT|CUDA error|ROCm error")
 @dataclass(frozen=True)
 class ExitStatus:
     """How a process ended, as far as a text or a wait status tells (with its reason; the
-    daemon's `vgpumon.exits.ExitStatus` is the bare wait status)."""
+    daemon's `vgpumon.model.exits.ExitStatus` is the bare wait status)."""
 
     reason: str
     exit_code: int | None = None

@@ -31,8 +31,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vgpumon import events as ev
-from vgpumon.events import Event
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 from vgpumon.ollama import exits
 from vgpumon.ollama.gotrace import GoCrash, GoTraceReader
 from vgpumon.ollama.logline import LogRecord

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from vgpumon.paths import FileView
+from vgpumon.linux.paths import FileView
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_REGISTRY = "registry.ollama.ai"

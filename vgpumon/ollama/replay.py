@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 
-from vgpumon.events import Event
+from vgpumon.model.events import Event
+from vgpumon.model.timeline import format_timeline  # noqa: F401 - re-exported for callers
 from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.journal import JournalFormatError, looks_like_journal_json, parse_journal_json
 from vgpumon.ollama.logline import LogRecord, decode_line, parse_line, split_transport
-from vgpumon.timeline import format_timeline  # noqa: F401 - re-exported for callers
 
 PLAIN = "plain"
 SHORT = "short"

@@ -18,10 +18,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vgpumon.config import LibrarySpec
+from vgpumon.config.schema import LibrarySpec
+from vgpumon.linux.paths import FileView
+from vgpumon.linux.procfs import MappedFile, ProcessMaps, ProcFS, parse_maps, select_lines
 from vgpumon.ollama.manifests import blob_digest_from_model_arg
-from vgpumon.paths import FileView
-from vgpumon.procfs import MappedFile, ProcessMaps, ProcFS, parse_maps, select_lines
 
 GPU_DEVICE_PREFIX = "/dev/nvidia"
 # An Ollama model blob (``…/blobs/sha256-<hex>``): llama.cpp maps the model file it loads.

@@ -6,8 +6,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-from vgpumon.config import LinkSpec
-from vgpumon.paths import FileView
+from vgpumon.config.schema import LinkSpec
+from vgpumon.linux.paths import FileView
 
 OK = "ok"
 MISSING = "missing"

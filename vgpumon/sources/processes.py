@@ -14,9 +14,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from vgpumon.config import GroupSpec
-from vgpumon.containers import container_of
-from vgpumon.procfs import ProcFS, ProcParseError
+from vgpumon.config.schema import GroupSpec
+from vgpumon.linux.containers import container_of
+from vgpumon.linux.procfs import ProcFS, ProcParseError
 
 log = logging.getLogger(__name__)
 

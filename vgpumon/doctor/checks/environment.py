@@ -11,13 +11,13 @@ import posixpath
 import re
 from collections.abc import Mapping
 
-from vgpumon import events as ev
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST, at_least
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, plural
-from vgpumon.paths import FileView
+from vgpumon.linux.paths import FileView
+from vgpumon.model import events as ev
 
 TITLE = "Environment"
 EDIT = "edit the service's environment (systemctl edit ollama, then systemctl restart ollama)"

@@ -14,7 +14,7 @@ from vgpumon.doctor.loadtest import LoadTestResult, describe_credentials
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain, warn
 from vgpumon.doctor.text import listing
-from vgpumon.procfs import MappedFile
+from vgpumon.linux.procfs import MappedFile
 from vgpumon.sources.libraries import LibraryMatcher
 
 TITLE = "Load test"

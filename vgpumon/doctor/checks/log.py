@@ -5,14 +5,14 @@ interpreter (`vgpumon.ollama.interpret`), folded with `OllamaFacts`."""
 
 from __future__ import annotations
 
-from vgpumon import events as ev
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.report import Check, Status, fail, ok, skip, warn
 from vgpumon.doctor.text import duration, listing, plural, size, when
-from vgpumon.events import Event
-from vgpumon.exits import CRASH_REASONS
-from vgpumon.ollama.state import Offload, OllamaFacts
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.model.exits import CRASH_REASONS
+from vgpumon.snapshot.ollama import Offload, OllamaFacts
 
 TITLE = "Log"
 CUDA_PROBLEMS = (ev.CUDA_INIT_FAILED, ev.CUDA_ERROR, ev.BACKEND_LOAD_FAILED, ev.OUT_OF_MEMORY)

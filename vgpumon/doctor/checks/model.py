@@ -3,7 +3,6 @@ started: its process, the libraries it mapped, the offload it reported, a crash 
 
 from __future__ import annotations
 
-from vgpumon import events as ev
 from vgpumon.doctor.checks.placement import recognises_cuda_library
 from vgpumon.doctor.context import GGML_CUDA, DoctorContext
 from vgpumon.doctor.eras import LATEST
@@ -11,10 +10,11 @@ from vgpumon.doctor.modelload import KEEP_ALIVE
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, when
-from vgpumon.events import Event
-from vgpumon.exits import CRASH_REASONS
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.model.exits import CRASH_REASONS
 from vgpumon.ollama.manifests import blob_digest_from_model_arg
-from vgpumon.state import ProcessState
+from vgpumon.snapshot.host import ProcessState
 
 TITLE = "Model load"
 _IDS = ("model.load", "model.runner", "model.libraries", "model.offload", "model.crash")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from vgpumon import events as ev
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import ago, duration, listing, plural, size, when
+from vgpumon.model import events as ev
 
 TITLE = "Ollama"
 

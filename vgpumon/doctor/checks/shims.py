@@ -10,9 +10,9 @@ from vgpumon.doctor.context import DISCOVERY, RUNNER, SERVER, DoctorContext
 from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem, needs, remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, plural
+from vgpumon.snapshot.host import ProcessState
 from vgpumon.sources import links as ln
 from vgpumon.sources.libraries import bypassing
-from vgpumon.state import ProcessState
 
 TITLE = "Shims"
 RESTART = "restart Ollama (systemctl restart ollama) so every process loads it afresh"

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from vgpumon import events as ev
-from vgpumon.events import Event
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 from vgpumon.sources.ollama_api import OllamaApiState
 
 

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgpumon.config import ConfigError, _type_name, _Validator, read_yaml
-from vgpumon.passwords import BcryptHash, bcrypt_problem
-from vgpumon.webauth import BasicAuth, RateLimiter
+from vgpumon.config.loading import ConfigError, Validator, read_yaml, type_name
+from vgpumon.http.auth import BasicAuth, RateLimiter
+from vgpumon.http.passwords import BcryptHash, bcrypt_problem
 
 CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert",
                      "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
@@ -174,7 +174,7 @@ def parse_web_config(text: str, *, source: str = "web config", base_dir: str = "
     return _WebValidator(lines, source, base_dir).web_config(data)
 
 
-class _WebValidator(_Validator):
+class _WebValidator(Validator):
     def __init__(self, lines: Mapping[str, int], source: str, base_dir: str):
         super().__init__(lines, source)
         self._base_dir = base_dir
@@ -276,14 +276,14 @@ class _WebValidator(_Validator):
     def tls_version(self, value: Any, path: str) -> ssl.TLSVersion:
         if value not in TLS_VERSIONS:
             raise self.error(path, f"expected one of {', '.join(TLS_VERSIONS)}, "
-                                   f"got {_type_name(value)}")
+                                   f"got {type_name(value)}")
         return TLS_VERSIONS[value]
 
     def string_list(self, value: Any, path: str) -> tuple[str, ...]:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error(path, f"expected a list of strings, got {_type_name(value)}")
+            raise self.error(path, f"expected a list of strings, got {type_name(value)}")
         return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
 
     def cipher_suites(self, value: Any, path: str) -> tuple[str, ...]:
@@ -331,7 +331,7 @@ class _WebValidator(_Validator):
             if item is None or item == "":
                 continue  # "Unset if blank", as in the toolkit
             if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise self.error(path, f"expected a string, got {_type_name(item)}")
+                raise self.error(path, f"expected a string, got {type_name(item)}")
             text = str(item)
             if "\r" in text or "\n" in text:
                 raise self.error(path, "header values may not contain line breaks")
@@ -347,7 +347,7 @@ class _WebValidator(_Validator):
             return ()
         if not isinstance(value, dict):
             raise self.error(path, f"expected a mapping of user names to bcrypt hashes, "
-                                   f"got {_type_name(value)}")
+                                   f"got {type_name(value)}")
         users = []
         for name, hashed in value.items():
             user_path = f"{path}.{name}"

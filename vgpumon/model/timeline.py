@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from vgpumon import events as ev
-from vgpumon.events import Event
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 
 # The fields worth a human's attention, per kind.
 

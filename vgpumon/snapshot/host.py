@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vgpumon import events as ev
-from vgpumon.events import Event
-from vgpumon.ollama.state import OllamaState
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.snapshot.ollama import OllamaState
 from vgpumon.sources.libraries import LibraryFile, ProcessLibraries
 from vgpumon.sources.links import ShimLinkState
 from vgpumon.sources.nvml import GpuMemory

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from vgpumon.state import CollectorStatus
+from vgpumon.snapshot.host import CollectorStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,7 +3,8 @@
 The doctor must say whether ``libggml-cuda.so`` and everything it needs resolve, to which files,
 and whether ``libcuda.so.1`` lands on the vGPU shim, without running ``ldd`` (which can execute
 the object). This module replays ``_dl_map_object`` and ``_dl_map_object_deps`` (glibc
-``elf/dl-load.c``, ``elf/dl-deps.c``, as of 2.36) over files read with `vgpumon.elf`. Every path
+``elf/dl-load.c``, ``elf/dl-deps.c``, as of 2.36) over files read with `vgpumon.doctor.loader.elf`.
+Every path
 is a path in a `FileView`, and every file is opened through it, so the libraries of a
 containerised Ollama are resolved inside its root.
 
@@ -51,10 +52,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from vgpumon import elf
-from vgpumon.elf import ElfError, ElfInfo, fd_reader, parse_elf
-from vgpumon.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
-from vgpumon.paths import HOST, FileView
+from vgpumon.doctor.loader import elf
+from vgpumon.doctor.loader.elf import ElfError, ElfInfo, fd_reader, parse_elf
+from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
+from vgpumon.linux.paths import HOST, FileView
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
 

@@ -1,6 +1,6 @@
 """Request admission for the exporter: HTTP basic auth over bcrypt hashes, and a rate limit.
 
-Both are built from the web config (`vgpumon.webconfig`) and used by the HTTP server's
+Both are built from the web config (`vgpumon.http.webconfig`) and used by the HTTP server's
 threads concurrently; neither does I/O.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from vgpumon.passwords import BcryptHash, check_password
+from vgpumon.http.passwords import BcryptHash, check_password
 
 REALM = "vgpumon"
 CHALLENGE = f'Basic realm="{REALM}"'

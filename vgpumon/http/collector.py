@@ -17,16 +17,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vgpumon import __version__
-from vgpumon.events import ALL_KINDS, LOG_ERROR_KINDS
-from vgpumon.exits import REASONS
+from vgpumon.model.events import ALL_KINDS, LOG_ERROR_KINDS
+from vgpumon.model.exits import REASONS
 from vgpumon.ollama.api import LoadedModel as OllamaModel
 from vgpumon.ollama.manifests import blob_digest_from_model_arg, model_label
-from vgpumon.ollama.state import OllamaState
-from vgpumon.publication import Published
+from vgpumon.snapshot.counters import link_key
+from vgpumon.snapshot.host import ProcessState
+from vgpumon.snapshot.ollama import OllamaState
+from vgpumon.snapshot.publication import Published
 from vgpumon.sources.libraries import bypassing
 from vgpumon.sources.links import LINK_STATES
-from vgpumon.state import ProcessState
-from vgpumon.tracker import link_key
 
 log = logging.getLogger(__name__)
 

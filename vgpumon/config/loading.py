@@ -1,8 +1,6 @@
-"""The configuration: YAML in, frozen dataclasses out.
-
-Every key is optional and the defaults describe DESIGN.md's host (shims under ``/usr/lib64``,
-Ollama's libraries under ``/usr/local/lib/ollama/cuda_v12``). Anything unknown or malformed is
-a `ConfigError` naming the key path and, where YAML gives one, the line.
+"""Loading the configuration: YAML in, `Config` out, or a `ConfigError` naming the key path
+and, where YAML gives one, the line. `read_yaml` and `Validator` serve every file vgpumon reads
+(the config and the web config) so that all of them are checked the same way.
 """
 
 from __future__ import annotations
@@ -11,16 +9,24 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from vgpumon.durations import format_duration, parse_duration
-
-VIEWS = ("host", "server")
-EXIT_WATCH_MECHANISMS = ("auto", "proc_connector", "pidfd", "poll")
+from vgpumon.config.durations import format_duration, parse_duration
+from vgpumon.config.schema import (
+    EXIT_WATCH_MECHANISMS,
+    VIEWS,
+    Config,
+    CrashLoopSpec,
+    EventsSpec,
+    GroupSpec,
+    LibrarySpec,
+    LinkSpec,
+    OllamaLogSpec,
+    OllamaSpec,
+)
 
 
 class ConfigError(Exception):
@@ -41,149 +47,6 @@ class ConfigError(Exception):
         return f"{where}: {key}{self.message}"
 
 
-@dataclass(frozen=True)
-class LibrarySpec:
-    """How to recognise one library in ``/proc/PID/maps``: by file (`path`) or basename glob."""
-
-    name: str
-    path: str | None = None
-    glob: str | None = None
-    driver: bool = False
-    view: str = "host"
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """A symlink that must resolve to `target` (both paths in `view`)."""
-
-    path: str
-    target: str
-    view: str = "host"
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """A named class of processes; every given pattern must match (``re.search``)."""
-
-    name: str
-    comm: re.Pattern[str] | None = None
-    exe: re.Pattern[str] | None = None
-    cmdline: re.Pattern[str] | None = None
-    expect: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CrashLoopSpec:
-    crashes: int = 3
-    window: float = 600.0
-
-
-@dataclass(frozen=True)
-class OllamaLogSpec:
-    journal_unit: str | None = "ollama.service"
-    file: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.journal_unit or self.file)
-
-
-@dataclass(frozen=True)
-class OllamaSpec:
-    url: str = "http://127.0.0.1:11434"
-    timeout: float = 2.0
-    log: OllamaLogSpec = field(default_factory=OllamaLogSpec)
-    models_dir: str = "/usr/share/ollama/.ollama/models"
-    expected_gpus: int = 1
-
-
-@dataclass(frozen=True)
-class EventsSpec:
-    file: str | None = "/var/lib/vgpumon/events.jsonl"
-    max_bytes: int = 10 * 1024 * 1024
-    memory: int = 1000
-
-
-def _default_libraries() -> tuple[LibrarySpec, ...]:
-    return (
-        LibrarySpec("vgpu-exec", path="/usr/lib64/libvgpu-exec.so"),
-        LibrarySpec("vgpu-cuda", path="/usr/lib64/libvgpu-cuda.so"),
-        LibrarySpec("vgpu-nvml", path="/usr/lib64/libvgpu-nvml.so"),
-        LibrarySpec("vgpu-cudart", path="/usr/lib64/libvgpu-cudart.so"),
-        LibrarySpec("ggml-cuda", glob="libggml-cuda.so*"),
-        LibrarySpec("cuda-driver", glob="libcuda.so.*", driver=True),
-    )
-
-
-def _default_links() -> tuple[LinkSpec, ...]:
-    return (
-        LinkSpec("/usr/lib64/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so"),
-        LinkSpec("/usr/lib64/libcudart.so.12", "/usr/lib64/libvgpu-cudart.so"),
-        LinkSpec("/usr/local/lib/ollama/cuda_v12/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so"),
-        LinkSpec(
-            "/usr/local/lib/ollama/cuda_v12/libcudart.so.12.8.90", "/usr/lib64/libvgpu-cudart.so"
-        ),
-    )
-
-
-def _default_groups() -> tuple[GroupSpec, ...]:
-    return (
-        GroupSpec(
-            "server",
-            comm=re.compile(r"^ollama$"),
-            cmdline=re.compile(r"\bserve\b"),
-            expect=("vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"),
-        ),
-        GroupSpec(
-            "runner",
-            cmdline=re.compile(r"(ollama runner|ollama_llama_server|llama-server).*--model"),
-            expect=("vgpu-exec", "vgpu-cuda", "ggml-cuda"),
-        ),
-        GroupSpec(
-            "discovery",
-            cmdline=re.compile(r"(ollama runner|llama-server|ollama gpu-discover)"),
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class Config:
-    listen_host: str = "0.0.0.0"
-    listen_port: int = 9842
-    interval: float = 5.0
-    procfs: str = "/proc"
-    rootfs: str = "/"
-    libraries: tuple[LibrarySpec, ...] = field(default_factory=_default_libraries)
-    shims: tuple[str, ...] = ("vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart")
-    links: tuple[LinkSpec, ...] = field(default_factory=_default_links)
-    groups: tuple[GroupSpec, ...] = field(default_factory=_default_groups)
-    crash_loop: CrashLoopSpec = field(default_factory=CrashLoopSpec)
-    ollama: OllamaSpec = field(default_factory=OllamaSpec)
-    events: EventsSpec = field(default_factory=EventsSpec)
-    watch_dirs: tuple[str, ...] = ()
-    nvml: str = "auto"
-    exit_watch: str = "auto"
-    web_config_file: str | None = None
-    source: str = ""
-
-    @property
-    def listen(self) -> str:
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
-
-    def library(self, name: str) -> LibrarySpec:
-        for spec in self.libraries:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
-    def group(self, name: str) -> GroupSpec:
-        for spec in self.groups:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
-
 def load_config(path: str | None) -> Config:
     """The config in `path`, or the built-in defaults when `path` is None."""
     if path is None:
@@ -201,7 +64,7 @@ def load_config(path: str | None) -> Config:
 def parse_config(text: str, *, source: str = "config") -> Config:
     """The config in YAML `text`; `ConfigError` (and nothing else) for anything wrong in it."""
     data, lines = read_yaml(text, source=source)
-    return _Validator(lines, source).config(data)
+    return Validator(lines, source).config(data)
 
 
 def read_yaml(text: str, *, source: str) -> tuple[Any, dict[str, int]]:
@@ -290,7 +153,7 @@ class _Plainer:
             raise self.error(path, f"cannot read {node.value[:40]!r}: {problem}", node) from None
 
 
-class _Validator:
+class Validator:
     """Checks plain data against the schema; every error names the key path and line."""
 
     def __init__(self, lines: Mapping[str, int], source: str):
@@ -307,7 +170,7 @@ class _Validator:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {_type_name(value)}")
+            raise self.error(path, f"expected a mapping, got {type_name(value)}")
         for key in value:
             if key not in allowed:
                 key_path = f"{path}.{key}" if path else key
@@ -316,7 +179,7 @@ class _Validator:
 
     def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not value:
-            raise self.error(path, f"expected a non-empty string, got {_type_name(value)}")
+            raise self.error(path, f"expected a non-empty string, got {type_name(value)}")
         return value
 
     def optional_string(self, value: Any, path: str) -> str | None:
@@ -326,12 +189,12 @@ class _Validator:
 
     def boolean(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool):
-            raise self.error(path, f"expected true or false, got {_type_name(value)}")
+            raise self.error(path, f"expected true or false, got {type_name(value)}")
         return value
 
     def integer(self, value: Any, path: str, minimum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(path, f"expected an integer, got {_type_name(value)}")
+            raise self.error(path, f"expected an integer, got {type_name(value)}")
         if value < minimum:
             raise self.error(path, f"must be at least {minimum}, got {_shown(value)}")
         if value > MAX_INTEGER:
@@ -340,7 +203,7 @@ class _Validator:
 
     def duration(self, value: Any, path: str, minimum: float) -> float:
         if not isinstance(value, str):
-            raise self.error(path, f"expected a duration like 5s or 10m, got {_type_name(value)}")
+            raise self.error(path, f"expected a duration like 5s or 10m, got {type_name(value)}")
         try:
             seconds = parse_duration(value)
         except ValueError as err:
@@ -379,7 +242,7 @@ class _Validator:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error(path, f"expected a list of library names, got {_type_name(value)}")
+            raise self.error(path, f"expected a list of library names, got {type_name(value)}")
         names = []
         for index, item in enumerate(value):
             item_path = f"{path}[{index}]"
@@ -441,21 +304,21 @@ class _Validator:
     def exit_watch(self, value: Any, path: str) -> str:
         if value not in EXIT_WATCH_MECHANISMS:
             raise self.error(path, f"expected one of {', '.join(EXIT_WATCH_MECHANISMS)}, "
-                                   f"got {_type_name(value)}")
+                                   f"got {type_name(value)}")
         return value
 
     def switch(self, value: Any, path: str) -> str:
         if isinstance(value, bool):
             return "on" if value else "off"
         if value not in ("auto", "on", "off"):
-            raise self.error(path, f"expected auto, on or off, got {_type_name(value)}")
+            raise self.error(path, f"expected auto, on or off, got {type_name(value)}")
         return value
 
     def path_list(self, value: Any, path: str) -> tuple[str, ...]:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error(path, f"expected a list of paths, got {_type_name(value)}")
+            raise self.error(path, f"expected a list of paths, got {type_name(value)}")
         return tuple(self.absolute_path(item, f"{path}[{i}]") for i, item in enumerate(value))
 
     def check_names_defined(self, names: tuple[str, ...], known: Mapping[str, object],
@@ -507,7 +370,7 @@ class _Validator:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error("links", f"expected a list, got {_type_name(value)}")
+            raise self.error("links", f"expected a list, got {type_name(value)}")
         specs = []
         for index, body in enumerate(value):
             path = f"links[{index}]"
@@ -624,7 +487,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, bool):

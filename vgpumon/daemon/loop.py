@@ -24,20 +24,21 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from vgpumon.config import Config, ConfigError
-from vgpumon.eventlog import EventLog
-from vgpumon.events import Event
-from vgpumon.exitclassifier import ExitClassifier
-from vgpumon.exporter import VgpumonCollector
-from vgpumon.health import CollectorHealth
-from vgpumon.observer import HostObserver
-from vgpumon.ollama.state import OllamaState
-from vgpumon.publication import Published, Publisher, RuntimeInfo
-from vgpumon.sdnotify import Watchdog, notify
-from vgpumon.state import HostState, diff, process_started_event
-from vgpumon.tracker import Tracker
-from vgpumon.web import ExporterServer
-from vgpumon.webconfig import WebAccess, web_access_for
+from vgpumon.config.loading import ConfigError
+from vgpumon.config.schema import Config
+from vgpumon.daemon.counters import Tracker
+from vgpumon.daemon.eventlog import EventLog
+from vgpumon.daemon.exitclassifier import ExitClassifier
+from vgpumon.daemon.sdnotify import Watchdog, notify
+from vgpumon.http.collector import VgpumonCollector
+from vgpumon.http.server import ExporterServer
+from vgpumon.http.webconfig import WebAccess, web_access_for
+from vgpumon.model.events import Event
+from vgpumon.snapshot.health import CollectorHealth
+from vgpumon.snapshot.host import HostState, diff, process_started_event
+from vgpumon.snapshot.observer import HostObserver
+from vgpumon.snapshot.ollama import OllamaState
+from vgpumon.snapshot.publication import Published, Publisher, RuntimeInfo
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 
-from vgpumon.events import Event
+from vgpumon.model.events import Event
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from vgpumon import events as ev
-from vgpumon import exits
-from vgpumon.events import Event
-from vgpumon.exits import ExitStatus, reason_for
-from vgpumon.procfs import MappedFile
+from vgpumon.linux.procfs import MappedFile
+from vgpumon.model import events as ev
+from vgpumon.model import exits
+from vgpumon.model.events import Event
+from vgpumon.model.exits import ExitStatus, reason_for
 from vgpumon.sources.processes import TrackedProcess
 
 GRACE_SECONDS = 0.5

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vgpumon.config import Config
-from vgpumon.events import Event
-from vgpumon.state import HostState
-from vgpumon.tracker import Counters
+from vgpumon.config.schema import Config
+from vgpumon.model.events import Event
+from vgpumon.snapshot.counters import Counters
+from vgpumon.snapshot.host import HostState
 
 
 @dataclass(frozen=True)

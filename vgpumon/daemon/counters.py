@@ -1,41 +1,25 @@
-"""Counters and crash-loop windows, fed by events.
+"""The tracker: counters and crash-loop windows, fed by events.
 
-The tracker is owned by the daemon's loop thread. The exporter never reads it directly: after
-each batch the loop publishes `Counters`, an immutable copy, together with the snapshot.
+It is owned by the daemon's loop thread. The exporter never reads it directly: after each
+batch the loop publishes `Counters` (`vgpumon.snapshot.counters`), an immutable copy,
+together with the snapshot.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from vgpumon import events as ev
-from vgpumon.config import CrashLoopSpec
-from vgpumon.events import Event
-from vgpumon.exits import is_crash
+from vgpumon.config.schema import CrashLoopSpec
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.model.exits import is_crash
+from vgpumon.snapshot.counters import Counters, link_key
 
 
 def _frozen(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
-
-
-@dataclass(frozen=True)
-class Counters:
-    """The tracker's numbers at one moment."""
-
-    starts: Mapping[str, int] = field(default_factory=dict)
-    exits: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    crashes: Mapping[str, int] = field(default_factory=dict)
-    last_crash: Mapping[str, float] = field(default_factory=dict)
-    window_crashes: Mapping[str, int] = field(default_factory=dict)
-    window_starts: Mapping[str, int] = field(default_factory=dict)
-    crash_loop: Mapping[str, bool] = field(default_factory=dict)
-    link_changes: Mapping[str, int] = field(default_factory=dict)
-    link_last_change: Mapping[str, float] = field(default_factory=dict)
-    events: Mapping[str, int] = field(default_factory=dict)
-    log_errors: Mapping[str, int] = field(default_factory=dict)
 
 
 class Tracker:
@@ -156,11 +140,6 @@ class Tracker:
     def _loop_event(self, kind: str, group: str, ts: float, crashes: int) -> Event:
         return Event(ts, kind, {"group": group, "crashes": crashes,
                                 "window_seconds": self._spec.window})
-
-
-def link_key(view: str, path: str) -> str:
-    """Links are counted per view and path: the same path may be watched in two views."""
-    return f"{view}:{path}"
 
 
 def _expire(times: deque[float], oldest_kept: float) -> None:

@@ -4,7 +4,7 @@ Handlers only read `Publisher.current` and never block on the loop; the only /pr
 the scrape path is prometheus-client's process collector of vgpumon's own `process_*` metrics
 (/proc/self/stat and friends), as in every exporter.
 
-With a web config (`vgpumon.webconfig.WebAccess`) every connection is TLS, handshaken in its
+With a web config (`vgpumon.http.webconfig.WebAccess`) every connection is TLS, handshaken in its
 own thread under a deadline, and every request, /healthz included (as in the exporter
 toolkit), passes the rate limit and basic auth before it is routed.
 """
@@ -29,10 +29,10 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from vgpumon import __version__
-from vgpumon.exposition import ExpositionCache
-from vgpumon.publication import Published, Publisher
-from vgpumon.webauth import CHALLENGE
-from vgpumon.webconfig import WebAccess
+from vgpumon.http.auth import CHALLENGE
+from vgpumon.http.exposition import ExpositionCache
+from vgpumon.http.webconfig import WebAccess
+from vgpumon.snapshot.publication import Published, Publisher
 
 log = logging.getLogger(__name__)
 

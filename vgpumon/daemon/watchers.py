@@ -13,10 +13,10 @@ import os
 import select
 import time
 
-from vgpumon import events as ev
-from vgpumon.daemon import Daemon
-from vgpumon.events import Event
-from vgpumon.exitclassifier import OOM_KILL, SEGFAULT, Evidence
+from vgpumon.daemon.exitclassifier import OOM_KILL, SEGFAULT, Evidence
+from vgpumon.daemon.loop import Daemon
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 from vgpumon.sources.fswatch import FsWatcher, plan_watches
 from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, parse_segfault
 from vgpumon.sources.pidfds import PidfdWatcher, StatusNotYet, exit_status

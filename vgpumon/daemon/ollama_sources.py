@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import time
 
-from vgpumon import events as ev
-from vgpumon.config import Config
-from vgpumon.daemon import Daemon
-from vgpumon.events import Event
-from vgpumon.exitclassifier import GO_CRASH, LOG_EXIT, Evidence
+from vgpumon.config.schema import Config
+from vgpumon.daemon.exitclassifier import GO_CRASH, LOG_EXIT, Evidence
+from vgpumon.daemon.loop import Daemon
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
 from vgpumon.ollama.interpret import LogInterpreter
 from vgpumon.ollama.manifests import BlobNames, model_names_by_blob
 from vgpumon.ollama.replay import local_timezone, records_of_line
-from vgpumon.ollama.state import OllamaFacts
+from vgpumon.snapshot.ollama import OllamaFacts
 from vgpumon.sources.ollama_api import OllamaApiPoller, poll
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 

@@ -21,8 +21,8 @@ import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from vgpumon import elf
-from vgpumon.paths import HOST, FileView
+from vgpumon.doctor.loader import elf
+from vgpumon.linux.paths import HOST, FileView
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"

@@ -20,10 +20,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from vgpumon.config import Config
-from vgpumon.health import CollectorHealth
-from vgpumon.paths import FileView, process_view
-from vgpumon.procfs import ProcessMaps, ProcFS
+from vgpumon.config.schema import Config
+from vgpumon.linux.paths import FileView, process_view
+from vgpumon.linux.procfs import ProcessMaps, ProcFS
+from vgpumon.snapshot.health import CollectorHealth
+from vgpumon.snapshot.host import HostState, ProcessState
 from vgpumon.sources.libraries import (
     LibraryFile,
     LibraryMatcher,
@@ -35,7 +36,6 @@ from vgpumon.sources.libraries import (
 from vgpumon.sources.links import ShimLinkState, check_link
 from vgpumon.sources.nvml import GpuMemory, NvmlReader
 from vgpumon.sources.processes import ProcessScanner, TrackedProcess
-from vgpumon.state import HostState, ProcessState
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Configuration: the schema (frozen dataclasses), loading and validation, durations."""

@@ -1,0 +1,1 @@
+"""The vocabulary every layer speaks: events, exit reasons, the timeline."""

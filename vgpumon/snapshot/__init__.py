@@ -1,0 +1,1 @@
+"""The immutable picture of the host: host and Ollama state, collector health, publication."""
