@@ -128,8 +128,7 @@ def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vgpumon.daemon.loop import Daemon
-    from vgpumon.daemon.ollama_sources import OllamaSources
-    from vgpumon.daemon.watchers import EventSources
+    from vgpumon.daemon.wiring import event_sources
     from vgpumon.http.webconfig import web_access_for
 
     loader = config_loader(args)
@@ -139,32 +138,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("web config loaded source=%s %s", config.web_config_file,
                  web_access.describe())
     daemon = Daemon(config, reload_config=loader, web_access=web_access)
-    sources = [EventSources(daemon), OllamaSources(daemon)]
     daemon.start()
-    for source in sources:
-        source.start()
+    for source in event_sources():
+        daemon.add_source(source)
     try:
         daemon.bind()
     except OSError as err:
         print(f"vgpumon: cannot listen on {config.listen}: {err.strerror or err}",
               file=sys.stderr)
+        daemon.close()
         return EXIT_FAILURE
     try:
         return daemon.run()
     finally:
-        for source in sources:
-            source.close()
         daemon.close()
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vgpumon.daemon.loop import Daemon
-    from vgpumon.daemon.ollama_sources import OllamaSources
+    from vgpumon.daemon.ollama_watch import look_once
 
     config = load_config(args.config)
     daemon = Daemon(config)
     daemon.start()
-    OllamaSources(daemon).look_once()
+    look_once(daemon, time.time())
     # A snapshot taken now carries the Ollama sources' health too; applying it publishes.
     daemon.apply(daemon.observer.snapshot(time.time()))
     registry = daemon.registry(with_process_metrics=False)

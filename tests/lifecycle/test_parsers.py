@@ -143,7 +143,7 @@ def test_overflow_and_vanished_directory():
 
 
 def test_an_exit_event_older_than_the_process_start_is_not_its_exit():
-    from vgpumon.daemon.watchers import started_after
+    from vgpumon.daemon.exit_watch import started_after
 
     # Exit event at 100.000 s since boot; a process started at 100.5 s (tick 10050 at 100 Hz)
     # is a successor that reused the PID; one started at 99 s is the one that exited.

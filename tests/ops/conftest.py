@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
 SYSTEMD = REPO / "systemd"
 
-# Every metric vgpumon exports (DESIGN.md's table plus the ones the daemon adds). Alerts and
+# Every metric vgpumon exports (the table of docs/metrics.md). Alerts and
 # dashboard may use only these: a typo would otherwise give an alert that can never fire.
 CONTRACT_METRICS = frozenset({
     "vgpumon_build_info",
@@ -59,6 +59,8 @@ CONTRACT_METRICS = frozenset({
     "vgpumon_events_total",
     "vgpumon_exit_watch_info",
     "vgpumon_event_source_overflows_total",
+    "vgpumon_event_handler_errors_total",
+    "vgpumon_exposition_errors_total",
     "vgpumon_event_log_dropped_total",
     "vgpumon_config_last_reload_success",
     "vgpumon_config_last_reload_timestamp_seconds",

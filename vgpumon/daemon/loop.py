@@ -1,10 +1,12 @@
 """The daemon: one loop that waits on every event source and a timer, refreshes, publishes.
 
-Event sources register a file descriptor and a handler with `Daemon.watch`; the handler runs
-in the loop thread when the descriptor is readable and asks for a targeted refresh. Timers
-(`call_later`) serve retries and grace periods. The `interval` timer is the safety net that
-re-reads everything. The HTTP server runs in its own threads and only reads what the loop
-published.
+Event sources (`vgpumon.daemon.source.Source`) are added with `Daemon.add_source`; the daemon
+is the `Loop` they are handed. A source registers its descriptors with `watch`; the handler
+runs in the loop thread when the descriptor is readable and asks for a targeted refresh.
+Timers (`call_later`) serve retries and grace periods. The `interval` timer is the safety net
+that re-reads everything. Every call into a source goes through one guard that times it and
+records its collector's health; an exception is counted and the loop goes on. The HTTP server
+runs in its own threads and only reads what the loop published.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import selectors
 import signal
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
@@ -30,11 +33,13 @@ from vgpumon.daemon.counters import Tracker
 from vgpumon.daemon.eventlog import EventLog
 from vgpumon.daemon.exitclassifier import ExitClassifier
 from vgpumon.daemon.sdnotify import Watchdog, notify
+from vgpumon.daemon.source import Handler, Source, SourceFailure
 from vgpumon.http.collector import VgpumonCollector
 from vgpumon.http.server import ExporterServer
 from vgpumon.http.webconfig import WebAccess, web_access_for
+from vgpumon.model import collectors
 from vgpumon.model.events import Event
-from vgpumon.snapshot.health import CollectorHealth
+from vgpumon.snapshot.health import CollectorHealth, describe_error
 from vgpumon.snapshot.host import HostState, diff, process_started_event
 from vgpumon.snapshot.observer import HostObserver
 from vgpumon.snapshot.ollama import OllamaState
@@ -42,7 +47,8 @@ from vgpumon.snapshot.publication import Published, Publisher, RuntimeInfo
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[float], None]
+# Kinds of call into a source, for what a normal return records (see `Daemon._guarded`).
+HANDLER, STATUS, NOTICE = "handler", "status", "notice"
 # A loop that only ticks (a busy host wakes it for every exec and exit) re-publishes its
 # heartbeat at most this often; /healthz allows several intervals.
 HEARTBEAT_SECONDS = 1.0
@@ -68,18 +74,18 @@ class Daemon:
         self._published_at = now
         self._unpublished = False  # something changed that only the next publish shows
         self._selector = selectors.DefaultSelector()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers: list[tuple[float, int, str, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self._stopping = False
         self._reload_requested = False
         self._next_refresh = 0.0
-        self._refresh_hooks: list[Callable[[float], None]] = []
-        self._event_listeners: list[Callable[[list[Event]], None]] = []
-        self._reload_hooks: list[Callable[[Config], None]] = []
+        self._sources: list[Source] = []
+        self._handler_errors: Counter[str] = Counter({collectors.LOOP: 0})
+        self._failing: set[str] = set()  # sources whose last call raised (logged once)
+        self._absent: set[str] = set()  # collectors not configured: no outcome recorded
         self._wakeup_at: float | None = None
         self.watchdog = Watchdog.from_env()
         self._dropped_seen = 0
-        self._failed_handlers: set[str] = set()
         self.server: ExporterServer | None = None
 
     # -- set-up ----------------------------------------------------------------------------
@@ -100,32 +106,55 @@ class Daemon:
                  self.server.port, self.server.scheme)
         return self.server
 
-    def watch(self, fd: int, handler: Handler) -> None:
-        """Call `handler(now)` in the loop whenever `fd` is readable."""
-        self._selector.register(fd, selectors.EVENT_READ, handler)
+    def add_source(self, source: Source) -> None:
+        """Start `source` and drive it from now on (after `start`, before `run`)."""
+        self._sources.append(source)
+        self._handler_errors.setdefault(source.collector, 0)
+        self._guarded(source.collector, _ignoring_now(partial(source.start, self)), STATUS)
+
+    def watch(self, fd: int, collector: str, handler: Handler) -> None:
+        """Call `handler(now)` in the loop whenever `fd` is readable, guarded as
+        `collector`'s."""
+        self._selector.register(fd, selectors.EVENT_READ, (collector, handler))
 
     def unwatch(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
 
-    def call_later(self, delay: float, action: Callable[[], None]) -> None:
-        """Run `action()` in the loop after `delay` seconds."""
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), action))
+    def call_later(self, delay: float, collector: str, action: Callable[[], None]) -> None:
+        """Run `action()` in the loop after `delay` seconds, guarded as `collector`'s."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids),
+                                      collector, action))
 
-    def after_refresh(self, hook: Callable[[float], None]) -> None:
-        """Call `hook(now)` after every full refresh (event sources re-sync there)."""
-        self._refresh_hooks.append(hook)
+    def failed(self, collector: str, now: float, error: str) -> None:
+        self._outcome(collector, now, False, 0.0, error)
 
-    def on_events(self, listener: Callable[[list[Event]], None]) -> None:
-        """Call `listener(events)` with every batch of recorded events."""
-        self._event_listeners.append(listener)
+    def succeeded(self, collector: str, now: float, duration: float) -> None:
+        self._outcome(collector, now, True, duration)
 
-    def on_reload(self, hook: Callable[[Config], None]) -> None:
-        """Call `hook(new_config)` after a successful reload."""
-        self._reload_hooks.append(hook)
+    def degraded(self, collector: str, now: float, error: str) -> None:
+        self.health.hold(collector, now, error)
 
-    def set_runtime(self, **changes: object) -> None:
-        self.runtime = replace(self.runtime, **changes)
+    def set_absent(self, collector: str, absent: bool) -> None:
+        if absent:
+            self._absent.add(collector)
+            self.health.forget(collector)
+        else:
+            self._absent.discard(collector)
+
+    def set_exit_mechanism(self, mechanism: str) -> None:
+        self._set_runtime(exit_mechanism=mechanism)
+
+    def events_lost(self, source: str, *, total: int | None = None) -> None:
+        """Count events `source` lost: one more overflow, or the source's own running total."""
+        overflows = dict(self.runtime.overflows)
+        overflows[source] = total if total is not None else overflows.get(source, 0) + 1
+        self._set_runtime(overflows=overflows)
+        if total is None:
+            log.warning("events lost source=%s count=%d", source, overflows[source])
+
+    def _set_runtime(self, **changes: object) -> None:
+        self.runtime = replace(self.runtime, **changes)  # type: ignore[arg-type]
         self._unpublished = True
 
     # -- running ---------------------------------------------------------------------------
@@ -135,7 +164,7 @@ class Daemon:
         now = time.time()
         self._state = replace(self.observer.refresh(now), ollama=self._ollama)
         self._next_refresh = time.monotonic() + self.config.interval
-        self._run_refresh_hooks(now)
+        self._run_refresh_hooks()
         self._publish(now)
         log.info("first refresh processes=%d links=%d", len(self._state.processes),
                  len(self._state.links))
@@ -152,7 +181,8 @@ class Daemon:
             signal.SIGHUP: self._on_reload_signal,
         }
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-        self.watch(wakeup_read.fileno(), lambda _now: _drain(wakeup_read))
+        self.watch(wakeup_read.fileno(), collectors.LOOP,
+                   _ignoring_now(partial(_drain, wakeup_read)))
         if self.server is not None:
             self.server.serve_in_thread()
         notify(f"READY=1\nSTATUS={self._status_line()}")
@@ -180,44 +210,74 @@ class Daemon:
         if ping_in is not None:
             deadline = min(deadline, time.monotonic() + ping_in)
         for key, _mask in self._selector.select(max(0.0, deadline - time.monotonic())):
-            handler: Handler = key.data
-            self._guarded(handler, _qualname(handler))
+            collector, handler = key.data
+            self._guarded(collector, handler)
         while self._timers and self._timers[0][0] <= time.monotonic():
-            action = heapq.heappop(self._timers)[2]
-            self._guarded(lambda _now, action=action: action(), _qualname(action))
+            _due, _id, collector, action = heapq.heappop(self._timers)
+            self._guarded(collector, _ignoring_now(action))
         if self._reload_requested:
             self._reload_requested = False
-            self._guarded(lambda _now: self.reload(), "reload")
+            self._guarded(collectors.LOOP, _ignoring_now(self.reload))
         if time.monotonic() >= self._next_refresh:
-            self._guarded(lambda _now: self.refresh_now(), "refresh")
+            self._guarded(collectors.LOOP, _ignoring_now(self.refresh_now))
         else:
             self.heartbeat()
         if self.watchdog.due(time.monotonic()):
             # Sent from the loop itself: a wedged loop stops pinging and systemd restarts it.
             self.watchdog.kick(time.monotonic())
 
-    def _guarded(self, handler: Handler, name: str) -> None:
-        """Run one handler; a bug in one source must not stop the daemon (logged once each)."""
+    def _guarded(self, source: str, call: Handler, kind: str = HANDLER) -> None:
+        """Call into `source`, timed; record its collector's outcome. A bug in one source
+        must not stop the daemon: it is counted, logged once per failure streak, and shows
+        as that collector failing until one of its handlers works again. What a normal
+        return records depends on the `kind` of call: a handler's is a success, a status
+        call's (`start`, `after_refresh`) a success unless a bug is outstanding, a notice's
+        (`on_events`, `reconfigure`, `close`) nothing."""
+        now = time.time()
+        started = time.perf_counter()
         try:
-            handler(time.time())
-        except Exception:
-            if name not in self._failed_handlers:
-                log.exception("handler failed handler=%s (logged once)", name)
-                self._failed_handlers.add(name)
+            reported = call(now)
+        except SourceFailure as failure:
+            took = failure.duration if failure.duration is not None \
+                else time.perf_counter() - started
+            self._outcome(source, now, False, took, str(failure))
+        except Exception as err:
+            self._handler_errors[source] += 1
+            self._unpublished = True
+            if source not in self._failing:
+                log.exception("handler failed source=%s error=%r (logged once until it "
+                              "recovers)", source, describe_error(err))
+                self._failing.add(source)
+            self._outcome(source, now, False, time.perf_counter() - started,
+                          f"handler raised {describe_error(err)}")
+        else:
+            if kind == HANDLER:
+                self._failing.discard(source)
+            if kind == HANDLER or (kind == STATUS and source not in self._failing):
+                took = reported if reported is not None else time.perf_counter() - started
+                self._outcome(source, now, True, took)
+
+    def _outcome(self, source: str, now: float, success: bool, duration: float,
+                 error: str | None = None) -> None:
+        if source != collectors.LOOP and source not in self._absent:
+            self.health.record(source, now, success, duration, error)
 
     def refresh_now(self) -> None:
         """The full refresh (timer, or after events were lost)."""
         self._next_refresh = time.monotonic() + self.config.interval
         now = time.time()
-        self.health.renew("event_log", now)  # a quiet host writes no events: no failure
+        self.health.renew(collectors.EVENT_LOG, now)  # a quiet host writes no events
         self.apply(self.observer.refresh(now))
-        self._run_refresh_hooks(now)
+        self._run_refresh_hooks()
         notify(f"STATUS={self._status_line()}")
 
     def stop(self) -> None:
         self._stopping = True
 
     def close(self) -> None:
+        for source in reversed(self._sources):
+            self._guarded(source.collector, _ignoring_now(source.close), NOTICE)
+        self._sources.clear()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -256,8 +316,9 @@ class Daemon:
             self._write_event_log(recorded, now)
         self._recent.extend(recorded)
         if recorded:
-            for listener in self._event_listeners:
-                listener(recorded)
+            for source in self._sources:
+                self._guarded(source.collector,
+                              _ignoring_now(partial(source.on_events, recorded)), NOTICE)
         self._wake_for_classifier(now)
         self._publish(now)
 
@@ -266,7 +327,7 @@ class Daemon:
         self.event_log.append(recorded)
         ok = self.event_log.dropped == self._dropped_seen
         self._dropped_seen = self.event_log.dropped
-        self.health.record("event_log", now, ok, time.perf_counter() - started,
+        self.health.record(collectors.EVENT_LOG, now, ok, time.perf_counter() - started,
                            None if ok else "event log writes fail (see the log)")
 
     def _wake_for_classifier(self, now: float) -> None:
@@ -284,7 +345,7 @@ class Daemon:
             self._wakeup_at = None
             self.record((), time.time())
 
-        self.call_later(max(0.0, deadline - now) + 0.001, settle)
+        self.call_later(max(0.0, deadline - now) + 0.001, collectors.LOOP, settle)
 
     def set_ollama(self, state: OllamaState) -> None:
         """Adopt what the Ollama sources know now (API answer, log facts)."""
@@ -309,7 +370,7 @@ class Daemon:
             web_access = web_access_for(config.web_config_file)
         except ConfigError as err:
             log.error("config reload failed, keeping the old config error=%r", str(err))
-            self.set_runtime(config_reload_success=False, config_reload_timestamp=now)
+            self._set_runtime(config_reload_success=False, config_reload_timestamp=now)
             notify("READY=1")
             return
         for key in ("listen", "exit_watch"):
@@ -323,17 +384,18 @@ class Daemon:
         self.observer.close()
         self.observer = HostObserver(config, self.health)
         if config.nvml == "off":
-            self.health.forget("nvml")
+            self.health.forget(collectors.NVML)
         self.tracker.reconfigure(config.crash_loop)
         if config.events.file != self.event_log.path:
             self.event_log.close()
             self.event_log = EventLog(config.events.file, config.events.max_bytes)
         self.event_log.max_bytes = config.events.max_bytes
         self._recent = deque(self._recent, maxlen=config.events.memory)
-        self.set_runtime(config_reload_success=True, config_reload_timestamp=now)
+        self._set_runtime(config_reload_success=True, config_reload_timestamp=now)
         self.start()
-        for hook in self._reload_hooks:
-            hook(config)
+        for source in self._sources:
+            self._guarded(source.collector, _ignoring_now(partial(source.reconfigure, config)),
+                          NOTICE)
         notify("READY=1")
         log.info("config reloaded source=%s", config.source or "defaults")
 
@@ -344,9 +406,9 @@ class Daemon:
                            for g in self.config.groups)
         return f"watching {counts}; exits via {self.runtime.exit_mechanism}"
 
-    def _run_refresh_hooks(self, now: float) -> None:
-        for hook in self._refresh_hooks:
-            hook(now)
+    def _run_refresh_hooks(self) -> None:
+        for source in self._sources:
+            self._guarded(source.collector, source.after_refresh, STATUS)
 
     def _published(self, now: float) -> Published:
         return Published(
@@ -359,7 +421,8 @@ class Daemon:
 
     def _publish(self, now: float) -> None:
         self.runtime = replace(self.runtime, heartbeat=now,
-                               event_log_dropped=self.event_log.dropped)
+                               event_log_dropped=self.event_log.dropped,
+                               handler_errors=dict(self._handler_errors))
         self.publisher.publish(self._published(now))
         self._published_at = now
         self._unpublished = False
@@ -371,8 +434,11 @@ class Daemon:
         self._reload_requested = True
 
 
-def _qualname(action: Callable[..., object]) -> str:
-    return getattr(action, "__qualname__", repr(action))
+def _ignoring_now(action: Callable[[], object]) -> Handler:
+    """`action` as a handler: called with the time of the wake-up, which it does not need."""
+    def handler(_now: float) -> None:
+        action()
+    return handler
 
 
 def _drain(sock: socket.socket) -> None:

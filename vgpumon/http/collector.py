@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,11 +40,18 @@ OVERFLOW_SOURCES = ("proc_connector", "inotify", "kmsg")
 
 
 class VgpumonCollector(Collector):
-    """A prometheus-client collector over whatever `current()` returns at scrape time."""
+    """A prometheus-client collector over whatever `current()` returns at scrape time.
+
+    Each section of families is built on its own: one that raises (a bug) is left out of
+    that scrape and counted in ``vgpumon_exposition_errors_total{section}``, and the rest is
+    served, never an HTTP 500.
+    """
 
     def __init__(self, current: Callable[[], Published]):
         self._current = current
         self._last: tuple[Published, list[Metric]] | None = None
+        self._errors: Counter[str] = Counter({name: 0 for name, _ in SECTIONS})
+        self._lock = threading.Lock()  # scrapes run in concurrent threads
 
     def describe(self) -> list[Metric]:
         return []  # registering must not trigger a collection
@@ -53,13 +62,31 @@ class VgpumonCollector(Collector):
         if last is not None and same_metrics(last[0], published):
             yield from last[1]  # the loop re-published (a heartbeat), nothing new
             return
-        try:
-            metrics = list(families(published))
-        except Exception:  # a bug here must not turn the scrape into an HTTP 500
-            log.exception("building metrics failed")
-            metrics = [build_info()]
+        metrics = self._build(published)
         self._last = (published, metrics)
         yield from metrics
+
+    def _build(self, published: Published) -> list[Metric]:
+        metrics = [build_info()]
+        for name, section in SECTIONS:
+            try:
+                metrics += section(published)
+            except Exception:  # a bug here must not take the other sections with it
+                with self._lock:
+                    self._errors[name] += 1
+                    first = self._errors[name] == 1
+                if first:
+                    log.exception("building metrics failed section=%s (logged once)", name)
+        with self._lock:
+            counts = dict(self._errors)
+        errors = CounterMetricFamily("vgpumon_exposition_errors",
+                                     "Times a section of metrics failed to build and was left "
+                                     "out of the scrape (a bug: see the log).",
+                                     labels=["section"])
+        for name in sorted(counts):
+            errors.add_metric([name], counts[name])
+        metrics.append(errors)
+        return metrics
 
 
 def same_metrics(old: Published, new: Published) -> bool:
@@ -68,17 +95,6 @@ def same_metrics(old: Published, new: Published) -> bool:
     return (old.state is new.state and old.counters is new.counters
             and old.config is new.config
             and old.runtime == replace(new.runtime, heartbeat=old.runtime.heartbeat))
-
-
-def families(published: Published) -> Iterator[Metric]:
-    yield build_info()
-    yield from collector_families(published)
-    yield from process_families(published)
-    yield from library_families(published)
-    yield from link_families(published)
-    yield from lifecycle_families(published)
-    yield from ollama_families(published)
-    yield from self_families(published)
 
 
 def build_info() -> Metric:
@@ -269,7 +285,7 @@ def loaded_models(published: Published) -> dict[str, LoadedModel]:
     ollama = published.state.ollama
     blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
     models: dict[str, LoadedModel] = {}
-    if ollama.up:
+    if ollama.api is not None and ollama.api.up:
         for model in ollama.api.models or ():
             blob = blob_of_name.get(model.name)
             label = model.name if blob is not None else model_label(model.digest, {})
@@ -307,7 +323,7 @@ def ollama_families(published: Published) -> Iterator[Metric]:
         up = GaugeMetricFamily("vgpumon_ollama_up", "Whether Ollama's API answered.")
         up.add_metric([], 1 if api.up else 0)
         yield up
-    version = (api.version if ollama.up else None) or ollama.version
+    version = (api.version if api is not None and api.up else None) or ollama.version
     if version:
         info = GaugeMetricFamily("vgpumon_ollama_info", "The Ollama version.",
                                  labels=["version"])
@@ -327,7 +343,7 @@ def ollama_families(published: Published) -> Iterator[Metric]:
             gpu_info.add_metric([gpu.id[:MAX_LABEL], gpu.library[:MAX_LABEL],
                                  gpu.name[:MAX_LABEL]], 1)
         yield from (gpus, gpu_info)
-    if ollama.up and api.models is not None:  # None: this Ollama has no /api/ps
+    if api is not None and api.up and api.models is not None:  # None: no /api/ps
         loaded = GaugeMetricFamily("vgpumon_ollama_models_loaded", "Models loaded (/api/ps).")
         loaded.add_metric([], len(api.models))
         yield loaded
@@ -395,4 +411,17 @@ def self_families(published: Published) -> Iterator[Metric]:
     reload_ts = GaugeMetricFamily("vgpumon_config_last_reload_timestamp_seconds",
                                   "When the configuration was last (re)loaded.")
     reload_ts.add_metric([], runtime.config_reload_timestamp)
-    yield from (events, mechanism, overflows, dropped, reload_ok, reload_ts)
+    handler_errors = CounterMetricFamily(
+        "vgpumon_event_handler_errors",
+        "Calls into an event source that raised (a bug: see the log); the source's collector "
+        "is marked failing meanwhile.", labels=["source"])
+    for name in sorted(runtime.handler_errors):
+        handler_errors.add_metric([name], runtime.handler_errors[name])
+    yield from (events, mechanism, overflows, dropped, reload_ok, reload_ts, handler_errors)
+
+
+# The families by section, in exposition order (after build_info).
+SECTIONS: tuple[tuple[str, Callable[[Published], Iterable[Metric]]], ...] = (
+    ("collectors", collector_families), ("processes", process_families),
+    ("libraries", library_families), ("links", link_families),
+    ("lifecycle", lifecycle_families), ("ollama", ollama_families), ("self", self_families))

@@ -1,8 +1,10 @@
 """The small framework that times every source and records whether it worked.
 
 Like node_exporter, the framework, not the source, produces
-``vgpumon_collector_{success,duration_seconds,last_success_timestamp_seconds}``. A source that
-raises is marked failed and logged once per failure streak; the rest of the refresh goes on.
+``vgpumon_collector_{success,duration_seconds,last_success_timestamp_seconds}``: `run` around
+each polled source of a refresh, and the daemon's loop around each event handler
+(`vgpumon.daemon.loop`). A source that raises is marked failed and logged once per failure
+streak; the rest goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ T = TypeVar("T")
 class CollectorHealth:
     def __init__(self) -> None:
         self._status: dict[str, CollectorStatus] = {}
+        self._held: dict[str, str] = {}
 
     def run(self, name: str, now: float, action: Callable[[], T]) -> T | None:
         """Run one source's refresh; None if it failed."""
@@ -28,14 +31,16 @@ class CollectorHealth:
         try:
             result = action()
         except Exception as err:  # sources are isolated: any failure is that source's alone
-            self.record(name, now, False, time.perf_counter() - started, _describe(err))
+            self.record(name, now, False, time.perf_counter() - started, describe_error(err))
             return None
         self.record(name, now, True, time.perf_counter() - started)
         return result
 
     def record(self, name: str, now: float, success: bool, duration: float,
                error: str | None = None) -> None:
-        """Record the outcome of a source that reports on itself."""
+        """Record one outcome of a source (a success of a held source stays a failure)."""
+        if success and name in self._held:
+            success, error = False, self._held[name]
         previous = self._status.get(name)
         last_success = now if success else (previous.last_success if previous else None)
         if not success and (previous is None or previous.success):
@@ -52,16 +57,24 @@ class CollectorHealth:
         if status is not None and status.success:
             self.record(name, now, True, 0.0)
 
+    def hold(self, name: str, now: float, error: str) -> None:
+        """A standing failure: the source works in a degraded way (a forced mechanism that is
+        unavailable, with another standing in), so its successes do not clear it until the
+        source is set up again (`forget`)."""
+        self._held[name] = error
+        self.record(name, now, False, 0.0, error)
+
     def status(self, name: str) -> CollectorStatus | None:
         return self._status.get(name)
 
     def forget(self, name: str) -> None:
         self._status.pop(name, None)
+        self._held.pop(name, None)
 
     def statuses(self) -> tuple[CollectorStatus, ...]:
         return tuple(self._status[name] for name in sorted(self._status))
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
     text = str(err)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

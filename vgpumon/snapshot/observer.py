@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from vgpumon.config.schema import Config
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import ProcessMaps, ProcFS
+from vgpumon.model import collectors
 from vgpumon.snapshot.health import CollectorHealth
 from vgpumon.snapshot.host import HostState, ProcessState
 from vgpumon.sources.libraries import (
@@ -81,14 +82,14 @@ class HostObserver:
 
     def refresh(self, now: float) -> HostState:
         """Everything: processes, library files, maps, links."""
-        scanned = self.health.run("processes", now, lambda: self._scanner.scan(now))
+        scanned = self.health.run(collectors.PROCESSES, now, lambda: self._scanner.scan(now))
         if scanned is not None:
             self._set_processes(scanned)
         self._refresh_library_files(now)
         self._refresh_maps(now, None, skip_unchanged=True)
         self._refresh_links(now)
         if self._nvml is not None:
-            self._gpu_memory = self.health.run("nvml", now, self._nvml.read)
+            self._gpu_memory = self.health.run(collectors.NVML, now, self._nvml.read)
         return self.snapshot(now)
 
     def refresh_maps(self, now: float, pids: frozenset[int] | None = None) -> HostState:
@@ -209,7 +210,7 @@ class HostObserver:
                     found.append(find_library_file(view, spec))
             return tuple(found)
 
-        files = self.health.run("libraries", now, find)
+        files = self.health.run(collectors.LIBRARIES, now, find)
         if files is not None:
             if files != self._library_files:  # else the same matcher: maps may be skipped
                 self._matcher = LibraryMatcher(self.config.libraries,
@@ -229,7 +230,7 @@ class HostObserver:
                     continue
                 self._read_maps(process)
 
-        self.health.run("maps", now, read)
+        self.health.run(collectors.MAPS, now, read)
 
     def _read_maps(self, process: TrackedProcess) -> None:
         before = self._vsize(process.pid)
@@ -263,7 +264,7 @@ class HostObserver:
         def check() -> tuple[ShimLinkState, ...]:
             return tuple(check_link(self.view(spec.view), spec) for spec in self.config.links)
 
-        links = self.health.run("links", now, check)
+        links = self.health.run(collectors.LINKS, now, check)
         if links is not None:
             self._links = links
 

@@ -22,6 +22,7 @@ class RuntimeInfo:
     started_at: float
     exit_mechanism: str = "poll"
     overflows: Mapping[str, int] = field(default_factory=dict)
+    handler_errors: Mapping[str, int] = field(default_factory=dict)  # by source
     event_log_dropped: int = 0
     config_reload_success: bool = True
     config_reload_timestamp: float = 0.0

@@ -1,0 +1,264 @@
+"""Process execs and exits as an event source: the netlink proc connector, else a pidfd per
+tracked process, else nothing (each refresh still sees exits, without their status).
+
+An exec is classified at once (a runner is seen before it can vanish); an exit goes to the
+exit classifier with its wait status, after the kernel log has been read for its evidence. A
+new member is re-read a few times while its loader maps its libraries. `exit_watch:` in the
+config may force a mechanism; a forced connector that cannot be opened leaves the collector
+failed, with pidfds standing in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Sequence
+from functools import partial
+
+from vgpumon.config.schema import Config
+from vgpumon.daemon.kernel_log import KernelLog
+from vgpumon.daemon.source import Loop, SourceFailure
+from vgpumon.model import collectors
+from vgpumon.model import events as ev
+from vgpumon.model.events import Event
+from vgpumon.sources.pidfds import PidfdWatcher, StatusNotYet, exit_status
+from vgpumon.sources.proc_connector import ConnectorError, EventsLost, ProcConnector
+
+log = logging.getLogger(__name__)
+
+PROC_CONNECTOR, PIDFD, POLL = "proc_connector", "pidfd", "poll"
+# When to read a new process's maps again after it was first seen (seconds).
+NEW_PROCESS_MAPS_READS = (0.05, 0.25, 1.0, 3.0)
+# How long to keep asking a pidfd for the exit status before settling for "unknown".
+PIDFD_STATUS_RETRY = 0.01
+PIDFD_STATUS_PATIENCE = 1.0
+# The kernel's process start time has clock-tick resolution (10 ms).
+START_TIME_SLACK_NS = 20_000_000
+
+
+def started_after(start_ticks: int, event_ns: int, clock_ticks: int) -> bool:
+    """Whether a process that started at `start_ticks` (since boot) started after an event
+    stamped `event_ns` (since boot): then the event belongs to an earlier process of that PID."""
+    return start_ticks * 1_000_000_000 // clock_ticks > event_ns + START_TIME_SLACK_NS
+
+
+def _suspended_ns() -> int:
+    """Connector events are stamped on the monotonic clock, process starts on the boot-time
+    clock; they differ by the time the machine spent suspended."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+class ExitWatch:
+    collector = collectors.EXITS
+
+    def __init__(self, kernel_log: KernelLog):
+        self._kernel_log = kernel_log
+        self._loop: Loop | None = None
+        self._connector: ProcConnector | None = None
+        self._pidfds: PidfdWatcher | None = None
+        self._problem: str | None = None  # the last read failed, and why
+        self.mechanism = POLL
+
+    @property
+    def sees_execs(self) -> bool:
+        """Whether new processes are reported as they exec (else only a scan finds them)."""
+        return self._connector is not None
+
+    # -- the Source protocol -------------------------------------------------------------------
+
+    def start(self, loop: Loop) -> None:
+        self._loop = loop
+        self.mechanism = self._open(loop)
+        loop.classifier.status_source = None if self.mechanism == POLL else self.mechanism
+        loop.set_exit_mechanism(self.mechanism)
+        if self._pidfds is not None:
+            self._sync_pidfds()
+        if self.mechanism == POLL:
+            if loop.config.exit_watch == POLL:
+                loop.set_absent(self.collector, True)  # asked for: nothing to report on
+            else:
+                self._problem = "neither proc connector nor pidfd available"
+                raise SourceFailure(self._problem)
+
+    def after_refresh(self, now: float) -> None:
+        if self._pidfds is not None:
+            self._sync_pidfds()
+        if self._problem is not None:
+            raise SourceFailure(self._problem)
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if event.kind == ev.PROCESS_STARTED:
+                self._follow_new_process(event.get("pid"))
+
+    def reconfigure(self, config: Config) -> None:
+        pass  # exit_watch: takes effect at the next start (the loop says so)
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._connector is not None:
+            loop.unwatch(self._connector.fileno())
+            self._connector.close()
+            self._connector = None
+        if self._pidfds is not None:
+            for pid, start in self._pidfds.watched_keys():
+                fd = self._pidfds.unwatch(pid, start)
+                if fd is not None:
+                    loop.unwatch(fd)
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _open(self, loop: Loop) -> str:
+        wanted = loop.config.exit_watch
+        if wanted == POLL:
+            return POLL
+        if wanted in ("auto", PROC_CONNECTOR):
+            try:
+                self._connector = ProcConnector.open()
+            except ConnectorError as err:
+                log.warning("proc connector unavailable, using pidfds error=%r", str(err))
+                if wanted == PROC_CONNECTOR:
+                    loop.degraded(self.collector, time.time(), f"proc connector: {err}")
+            else:
+                loop.watch(self._connector.fileno(), self.collector, self._on_connector)
+                return PROC_CONNECTOR
+        if hasattr(os, "pidfd_open"):
+            self._pidfds = PidfdWatcher()
+            return PIDFD
+        return POLL
+
+    def _sync_pidfds(self) -> None:
+        """A pidfd for every tracked process, none for the rest."""
+        assert self._pidfds is not None and self._loop is not None
+        loop = self._loop
+        procfs = loop.observer.procfs
+        tracked = {p.key: p for p in loop.observer.tracked()}
+        for key in self._pidfds.watched_keys() - set(tracked):
+            fd = self._pidfds.fd_of(*key)
+            if fd is not None and _readable(fd):
+                continue  # it exited: its handler reads the status (a refresh saw it first)
+            fd = self._pidfds.unwatch(*key)
+            if fd is not None:
+                loop.unwatch(fd)
+        for key in set(tracked) - self._pidfds.watched_keys():
+            pid, start_ticks = key
+
+            def still_same(pid: int = pid, start_ticks: int = start_ticks) -> bool:
+                try:
+                    return procfs.stat(pid).start_ticks == start_ticks
+                except (OSError, ValueError):
+                    return False
+
+            fd = self._pidfds.watch(pid, start_ticks, still_same)
+            if fd is not None:
+                loop.watch(fd, self.collector, partial(self._on_pidfd, fd))
+
+    def _follow_new_process(self, pid: int) -> None:
+        """Re-read a new process's maps a few times: at exec the loader has not mapped its
+        libraries yet, and a runner dlopens its GPU backend and creates its CUDA context
+        within seconds, in directories no watch may cover."""
+        assert self._loop is not None
+        for delay in NEW_PROCESS_MAPS_READS:
+            self._loop.call_later(delay, self.collector, lambda: self._reread(pid))
+
+    def _reread(self, pid: int) -> None:
+        assert self._loop is not None
+        observer = self._loop.observer
+        if any(p.pid == pid for p in observer.tracked()):
+            self._loop.apply(observer.refresh_maps(time.time(), frozenset({pid})))
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _on_connector(self, now: float) -> None:
+        assert self._connector is not None and self._loop is not None
+        loop = self._loop
+        try:
+            events = self._connector.receive()
+        except EventsLost:
+            loop.events_lost(PROC_CONNECTOR)
+            loop.refresh_now()
+            return
+        except OSError as err:
+            self._problem = err.strerror or str(err)
+            raise SourceFailure(self._problem) from None
+        self._problem = None
+        kmsg_read = False
+        # A process whose exit is already in this batch is gone: classifying its exec would
+        # read an empty cmdline. A busy host's short-lived processes end here, unread.
+        exiting = {e.pid: index for index, e in enumerate(events)
+                   if e.kind == "exit" and e.is_process}
+        observer = loop.observer
+        for index, event in enumerate(events):
+            if not event.is_process:
+                continue  # a thread
+            if event.kind == "exec":
+                if exiting.get(event.pid, -1) > index and not observer.is_tracked(event.pid):
+                    continue
+                state = observer.classify(event.pid, now)
+                if state is not None:
+                    loop.apply(state)
+            elif event.kind == "exit":
+                if not kmsg_read and self._exit_matters(event.pid):
+                    self._kernel_log.read_now(now)  # this exit's evidence may be there
+                    kmsg_read = True
+                self._exited(event.pid, event.status, PROC_CONNECTOR, now,
+                             exited_ns=event.timestamp_ns)
+
+    def _exit_matters(self, pid: int) -> bool:
+        """A tracked process, or one whose exit is awaited; the host's other exits are not."""
+        assert self._loop is not None
+        return self._loop.observer.is_tracked(pid) or self._loop.classifier.is_pending(pid)
+
+    def _on_pidfd(self, fd: int, now: float, waited: float = 0.0) -> None:
+        assert self._pidfds is not None and self._loop is not None
+        target = self._pidfds.target(fd)
+        if target is None:
+            return
+        self._loop.unwatch(fd)  # stays readable from now on
+        status: int | None
+        try:
+            status = exit_status(fd)
+        except StatusNotYet:
+            if waited < PIDFD_STATUS_PATIENCE:
+                self._loop.call_later(PIDFD_STATUS_RETRY, self.collector, lambda: self._on_pidfd(
+                    fd, time.time(), waited + PIDFD_STATUS_RETRY))
+                return
+            status = None
+        except OSError:
+            status = None
+        self._pidfds.unwatch(*target)
+        self._kernel_log.read_now(now)
+        self._exited(target[0], status, PIDFD, now, key=target)
+
+    def _exited(self, pid: int, status: int | None, source: str, now: float, *,
+                exited_ns: int | None = None, key: tuple[int, int] | None = None) -> None:
+        """`exited_ns` (connector) or `key` (pidfd) tell which process of that PID exited."""
+        assert self._loop is not None
+        loop = self._loop
+        observer, classifier = loop.observer, loop.classifier
+        current = next((p for p in observer.tracked() if p.pid == pid), None)
+        successor = current is not None and (
+            (key is not None and current.key != key)
+            or (exited_ns is not None
+                and started_after(current.start_ticks, exited_ns + _suspended_ns(),
+                                  observer.procfs.clock_ticks)))
+        if successor:
+            # The exit of an earlier process with this PID; a scan already found its successor.
+            if classifier.status_of_pending(pid, status, source):
+                loop.record((), now)
+            return
+        gone, state = observer.drop(pid, now)
+        if gone is not None and state is not None:
+            classifier.exited(gone, now, status, source, observer.last_maps(gone.key))
+            loop.apply(state)
+        elif classifier.status_of_pending(pid, status, source):
+            # It left the snapshot first (e.g. already a zombie when it was re-classified).
+            loop.record((), now)
