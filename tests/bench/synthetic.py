@@ -32,7 +32,7 @@ SHIMS = ("exec", "cuda", "nvml", "cudart")
 REAL_DRIVER = "libcuda.so.575.51.03"
 LIBRARY_BYTES = 64 << 10
 # (link, its text, the shim it must reach), paths relative to the root; "@" in a text stands for
-# the root. The first four are DESIGN.md's default links.
+# the root. The first four are the default links (config/vgpumon.yaml).
 LINKS = (
     ("usr/lib64/libcuda.so.1", "libvgpu-cuda.so", "usr/lib64/libvgpu-cuda.so"),
     ("usr/lib64/libcudart.so.12", "libvgpu-cudart.so", "usr/lib64/libvgpu-cudart.so"),
@@ -353,7 +353,8 @@ class SyntheticHost:
     # -- configs ------------------------------------------------------------------------------
 
     def vgpumon_config(self, *, links: int = len(LINKS), **overrides: Any) -> dict[str, Any]:
-        """DESIGN.md's default config moved into the root; groups only match this root."""
+        """The default config (config/vgpumon.yaml) moved into the root; groups only match this
+        root."""
         root = re.escape(str(self.root))
         config: dict[str, Any] = {
             "listen": "127.0.0.1:0",

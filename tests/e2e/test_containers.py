@@ -1,4 +1,4 @@
-"""Issue 10 end to end: Ollama in a mount namespace of its own (a "container": its own
+"""End to end: Ollama in a mount namespace of its own (a "container": its own
 /usr/lib64 with its own shim file and links, bind-mounted over the host's), and vgpumon
 reading the host's /proc from another path, as in a DaemonSet.
 

@@ -1,4 +1,4 @@
-"""Issue 2 end to end: the real daemon against a simulated Ollama host, scraped over HTTP."""
+"""End to end: the real daemon against a simulated Ollama host, scraped over HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: exits, crash loops, link swaps and late library loads are seen through
+"""End to end: exits, crash loops, link swaps and late library loads are seen through
 the event sources. The refresh interval is 60 s, so only the event paths can pass."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: GPUs, per-model offload, CPU fallback and crashes from the simulated
+"""End to end: GPUs, per-model offload, CPU fallback and crashes from the simulated
 host's API and log, for each era; replay of the same log; a hung or broken API."""
 
 from __future__ import annotations

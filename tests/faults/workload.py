@@ -53,7 +53,7 @@ class Runner:
 class Runners:
     """Starts runners and keeps the ground truth of how each one ended.
 
-    `exits` counts, by the reason vgpumon should give (DESIGN.md: clean, stopped, error,
+    `exits` counts, by the reason vgpumon should give (docs/metrics.md: clean, stopped, error,
     crash), every runner that ended and was reaped through `reap`.
     """
 

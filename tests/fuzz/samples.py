@@ -1,6 +1,6 @@
 """Real inputs of every parser: the seeds that `tests.fuzz.mutate` damages.
 
-Fixed text (from facts/linux.md, facts/ollama.md and the parsers' own test tables), never
+Fixed text (from docs/linux.md, docs/ollama.md and the parsers' own test tables), never
 read from this machine, so that derandomized runs draw the same examples everywhere.
 """
 

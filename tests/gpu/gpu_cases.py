@@ -32,7 +32,7 @@ from tests.harness import Vgpumon, parse_metrics, stop_process, wait_for  # noqa
 RIG = Path(os.environ.get("RIG_W", "/tmp/vgpurig"))
 BIN = RIG / "build" / "bin"
 SHIM = RIG / "shim"
-MODEL = REPO / "rig" / "src" / "tiny.gguf"
+MODEL = REPO / "tests" / "gpu" / "rig" / "src" / "tiny.gguf"
 CLOSED_PORT = 9  # discard: nothing listens; vgpumon_ollama_up is 0, as expected here
 
 

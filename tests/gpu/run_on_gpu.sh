@@ -1,9 +1,10 @@
 #!/bin/bash
 # vgpumon against a real CUDA llama.cpp server, on the GPU machine. Run by hand, not by CI.
 #
-# From the project root on the GPU machine, with rig/ (a copy of ../shared/rig with
-# rig/src/llama.cpp.tar.gz and rig/src/tiny.gguf, see rig/README.md) and .whl/
-# (inotify-simple and nvidia-ml-py wheels) next to it:
+# From the project root on the GPU machine, with tests/gpu/rig/src/llama.cpp.tar.gz and
+# tests/gpu/rig/src/tiny.gguf made beforehand (tests/gpu/rig/make_src_tarball.sh) and, where
+# the machine's Python lacks them, .whl/ (inotify-simple and nvidia-ml-py wheels) in the
+# project root; tests/gpu/README.md says how:
 #
 #   bash tests/gpu/run_on_gpu.sh [CASE ...]
 #
@@ -25,7 +26,7 @@ fi
 export PYTHONPATH="$(pwd):$SITE"
 
 # The rig's build, shim and model (no rig cases: "none" is not one of them).
-RIG_DEADLINE_S=${RIG_DEADLINE_S:-420} bash rig/device_run.sh none 2>&1 | tail -n 25
+RIG_DEADLINE_S=${RIG_DEADLINE_S:-420} bash tests/gpu/rig/device_run.sh none 2>&1 | tail -n 25
 if [ "$(cat /tmp/vgpurig/build.rc 2>/dev/null)" != 0 ]; then
     echo "llama-server is not built yet (the build goes on in the background on a warm machine); run again"
     exit 3

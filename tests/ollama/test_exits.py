@@ -1,4 +1,5 @@
-"""vgpumon.ollama.exits: exit texts and wait statuses → DESIGN.md exit reasons."""
+"""vgpumon.ollama.exits: exit texts and wait statuses → exit reasons
+(docs/metrics.md#exit-reasons)."""
 
 from __future__ import annotations
 

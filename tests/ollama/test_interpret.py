@@ -1,6 +1,6 @@
-"""vgpumon.ollama.interpret: Ollama log lines of every era → DESIGN.md events.
+"""vgpumon.ollama.interpret: Ollama log lines of every era → events (docs/events.md).
 
-Lines are written from the format strings in facts/ollama.md (synthetic values).
+Lines are written from the format strings in docs/ollama.md (synthetic values).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Ollama eras: which version imitates which process model, file layout, argv and environment.
 
-Facts: ../shared/facts/ollama.md §1-§3. An era is picked by name ("F") and has a default
-version; passing another version of the same era changes what is version-dependent inside
-it (argv shape, log lines, API fields) where the facts give a version boundary.
+Facts: docs/ollama.md (eras, process model, libraries, layout). An era is picked by name
+("F") and has a default version; passing another version of the same era changes what is
+version-dependent inside it (argv shape, log lines, API fields) where the facts give a version
+boundary.
 All paths here are relative to the simulated root unless a function takes `root`.
 """
 
@@ -38,7 +39,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def era_of(version: str) -> str:
-    """The era a version belongs to (facts §1)."""
+    """The era a version belongs to (docs/ollama.md#eras)."""
     v = parse_version(version)
     bounds = [((0, 1, 17), "A"), ((0, 1, 31), "B"), ((0, 3, 99), "C"), ((0, 5, 1), "D1"),
               ((0, 5, 7), "D2"), ((0, 12, 3), "E"), ((0, 29, 99), "F")]
@@ -156,7 +157,7 @@ class Era:
 
     def runner_argv(self, root: str, blob: str, port: int, *, gpu: bool, gpu_layers: int,
                     ctx: int, engine: str) -> list[str]:
-        """The argv `ollama serve` starts a model runner with (facts §1)."""
+        """The argv `ollama serve` starts a model runner with (docs/ollama.md#eras)."""
         exe = os.path.join(root, self.runner_exe(gpu))
         p, ngl = str(port), str(gpu_layers)
         if self.name == "A":
@@ -212,7 +213,8 @@ class Era:
 
     def runner_env(self, root: str, base: dict[str, str], *, gpu: bool,
                    gpu_uuid: str) -> dict[str, str]:
-        """The runner's environment: the server's own plus what Ollama sets (facts §3.4)."""
+        """The runner's environment: the server's own plus what Ollama sets
+        (docs/ollama.md#environment-variables)."""
         env = dict(base)
         dirs = [os.path.join(root, d) for d in self.runner_lib_dirs(gpu)]
         inherited = env.get("LD_LIBRARY_PATH")

@@ -395,7 +395,7 @@ class SimHost:
         return self.lib64 / f"libvgpu-{name}.so"
 
     def links(self) -> list[tuple[Path, Path]]:
-        """DESIGN.md's default `links:` inside this host, as (link, the shim it should reach);
+        """The default `links:` inside this host, as (link, the shim it should reach);
         those in directories the era does not have (cuda_v12/ before 0.5.8) are left out."""
         wanted = [(self.lib64 / "libcuda.so.1", self.shim("cuda")),
                   (self.lib64 / "libcudart.so.12", self.shim("cudart")),
@@ -416,7 +416,7 @@ class SimHost:
     # -- vgpumon -----------------------------------------------------------------------------
 
     def vgpumon_config(self, listen: str = "127.0.0.1:0", **overrides) -> dict:
-        """A vgpumon config (DESIGN.md keys) for this host; `overrides` merge in deeply."""
+        """A vgpumon config (docs/configuration.md) for this host; `overrides` merge in deeply."""
         r = str(self.root)
         ggml = ({"name": "libggml-cuda.so*"} if self.era.name in ("E", "F", "G") else
                 {"name": "libggml_cuda_v12.so*"} if self.era.name in ("D1", "D2") else

@@ -1,6 +1,6 @@
-"""Ollama's log line shapes, byte for byte (facts §4): slog TextHandler, the slog-to-log bridge,
-Go `log`, Gin access lines, and the Go value formats they embed (quoting, durations, sizes,
-exit texts)."""
+"""Ollama's log line shapes, byte for byte (docs/ollama.md#log-format): slog TextHandler, the
+slog-to-log bridge, Go `log`, Gin access lines, and the Go value formats they embed (quoting,
+durations, sizes, exit texts)."""
 
 from __future__ import annotations
 

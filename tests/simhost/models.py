@@ -3,7 +3,8 @@
 `<models>/manifests/<host>/<namespace>/<model>/<tag>` is the manifest JSON; its layer of media
 type `application/vnd.ollama.image.model` names the weights blob `<models>/blobs/sha256-<hex>`
 (here a metadata-only GGUF, see gguf.py) and its config blob holds the `details` that /api/ps
-shows. The /api/ps `digest` is the sha256 of the manifest file itself (facts §6).
+shows. The /api/ps `digest` is the sha256 of the manifest file itself
+(docs/ollama.md#models-and-blobs).
 """
 
 from __future__ import annotations

@@ -438,7 +438,8 @@ class OllamaServer:
             child.last_err = msg
 
     def _probe_env(self, gpu_uuid: str | None) -> dict[str, str]:
-        """A library-dir probe sees every device; a device probe only its own (facts §2)."""
+        """A library-dir probe sees every device; a device probe only its own
+        (docs/ollama.md#process-model)."""
         env = self.era.runner_env(self.host.root, dict(os.environ), gpu=True, gpu_uuid="")
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if gpu_uuid is not None:

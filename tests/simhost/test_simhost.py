@@ -333,7 +333,7 @@ def test_late_load_maps_ggml_cuda_after_the_delay(era_host):
     host = era_host[0]
     runner, _ = _load(host, "late_load", delay=1.0)
     assert runner.alive and not runner.maps_library(str(host.ggml_cuda))
-    # listed while it loads (facts §6)
+    # listed while it loads (docs/ollama.md#http-api)
     assert "late-load:latest" in [m["name"] for m in host.servers[-1].api("/api/ps")["models"]]
     wait_until(lambda: runner.maps_library(str(host.ggml_cuda)), 10, "ggml-cuda mapping")
     assert runner.wait_ready().state == "ready"
@@ -355,8 +355,9 @@ def test_cpu_fallback_on_a_gpu_server(era_host):
     host.wait_log(r"offloaded 0/29 layers to GPU", since=offset)
     entry = next(m for m in host.servers[-1].api("/api/ps")["models"]
                  if m["name"] == "cpu-fallback:latest")
-    # facts §6: the pre-load estimate (<= 0.11.4, llama engine <= 0.12.10) still says GPU where
-    # the runner's backend failed silently; later versions report the runner's allocations.
+    # docs/ollama.md#http-api: the pre-load estimate (<= 0.11.4, llama engine <= 0.12.10)
+    # still says GPU where the runner's backend failed silently; later versions report the
+    # runner's allocations.
     estimated = host.era.name in ("E",)
     assert entry["size_vram"] == (entry["size"] if estimated else 0)
 

@@ -5,7 +5,7 @@ It must not grow (open descriptors, threads, resident memory after warm-up) and 
 exactly what the test did: every runner start, every exit with the reason its wait status
 gives, every link change, every "Listening on … (version N)" line of the log.
 
-``VGPUMON_SOAK_SECONDS`` sets the duration (CI: 75 s; e.g. 3600 for the long run the README
+``VGPUMON_SOAK_SECONDS`` sets the duration (CI: 75 s; e.g. 3600 for the long run docs/reliability.md
 describes). ``VGPUMON_SOAK_REPORT=path`` writes the measured figures as JSON.
 """
 

@@ -126,6 +126,7 @@ class _Plainer:
         if isinstance(node, yaml.SequenceNode):
             return [self.plain(item, f"{path}[{index}]", depth + 1)
                     for index, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)  # a composed node is one of the three kinds
         return self.scalar(node, path)
 
     def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 
 from vgpumon import __version__
 from vgpumon.config.schema import Config
-from vgpumon.doctor.checks import SECTIONS
+from vgpumon.doctor.checks import SECTIONS, CheckModule
 from vgpumon.doctor.context import DoctorContext, DoctorOptions, gather
 from vgpumon.doctor.report import Check, Report, Section, warn
 
@@ -39,9 +39,9 @@ def build_report(ctx: DoctorContext) -> Report:
     return Report(sections, time.time(), ctx.hostname, ctx.config.source, __version__, facts)
 
 
-def _run(module: object, ctx: DoctorContext) -> list[Check]:
+def _run(module: CheckModule, ctx: DoctorContext) -> list[Check]:
     try:
-        return list(module.checks(ctx))  # type: ignore[attr-defined]
+        return list(module.checks(ctx))
     except Exception as err:  # a broken check must not hide the others
         name = getattr(module, "__name__", "checks").rsplit(".", 1)[-1]
         return [warn(f"{name}.error", f"the {name} checks failed: {type(err).__name__}: {err}",

@@ -399,13 +399,13 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
     environ: dict[str, str] = {}
     environ_from, known = "no environment", True
     for candidate in existing:
-        env = loader_environ(ctx, candidate.path, lib_dir)
-        environ, environ_from, known = env.variables, env.whose, env.known
+        loader_env = loader_environ(ctx, candidate.path, lib_dir)
+        environ, environ_from, known = loader_env.variables, loader_env.whose, loader_env.known
         resolutions.append(resolve_candidate(candidate, view, environ, executable, server.cwd,
                                              shims))
     if not existing:
-        env = loader_environ(ctx, None, lib_dir)
-        environ, environ_from, known = env.variables, env.whose, env.known
+        loader_env = loader_environ(ctx, None, lib_dir)
+        environ, environ_from, known = loader_env.variables, loader_env.whose, loader_env.known
     return LibraryFacts(lib_dir, candidates, tuple(resolutions), environ, environ_from,
                         known, executable, shims, tuple(notes))
 

@@ -1,4 +1,4 @@
-"""Ollama's eras (facts/ollama.md §1, §3): what a version maps where, and how its runners find
+"""Ollama's eras (docs/ollama.md#eras): what a version maps where, and how its runners find
 their libraries. Pure data and functions; the one place the doctor asks "what does this
 version do".
 """
@@ -75,20 +75,22 @@ def era_of(version: str | None) -> Era | None:
         return None
     for era in reversed(ERAS):
         # Versions between two eras and newer than the facts behave like the era before.
-        if parsed >= version_tuple(era.first):  # type: ignore[operator]
+        first = version_tuple(era.first)
+        if first is not None and parsed >= first:
             return era
     return None
 
 
 def at_least(version: str | None, minimum: str) -> bool:
-    parsed = version_tuple(version or "")
-    return parsed is not None and parsed >= version_tuple(minimum)  # type: ignore[operator]
+    parsed, floor = version_tuple(version or ""), version_tuple(minimum)
+    return parsed is not None and floor is not None and parsed >= floor
 
 
 def runner_environment(era: Era, version: str | None, server_env: Mapping[str, str],
                        lib_dir: str, cuda_dir: str | None) -> dict[str, str]:
-    """The relevant variables a model runner of `era` gets from the server (facts §3.4):
-    the server's own, with the era's library dirs in front of ``LD_LIBRARY_PATH`` and
+    """The relevant variables a model runner of `era` gets from the server
+    (docs/ollama.md#environment-variables): the server's own, with the era's library dirs in
+    front of ``LD_LIBRARY_PATH`` and
     ``OLLAMA_LIBRARY_PATH``/``GGML_BACKEND_PATH`` as Ollama sets them."""
     env = dict(server_env)
     inherited = env.get("LD_LIBRARY_PATH")

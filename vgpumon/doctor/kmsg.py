@@ -18,7 +18,7 @@ from vgpumon.sources.kmsg import (
     parse_segfault,
 )
 
-# comm of every Ollama process kind (facts/ollama.md §1; comm is cut at 15 characters).
+# comm of every Ollama process kind (docs/ollama.md#eras; comm is cut at 15 characters).
 OLLAMA_COMMS = frozenset({"ollama", "ollama_llama_se", "ollama-runner", "llama-server"})
 MAX_RECORDS = 200_000
 

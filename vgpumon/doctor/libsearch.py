@@ -1,7 +1,8 @@
 """Where the server's CUDA backend (``libggml-cuda.so``) is, and what it resolves to.
 
-The candidates come from the places Ollama itself looks (facts/ollama.md §3.3, §3.4): the file
-a runner has mapped, ``GGML_BACKEND_PATH``, the ``OLLAMA_LIBRARY_PATH`` dirs, and
+The candidates come from the places Ollama itself looks (docs/ollama.md#install-layout,
+docs/ollama.md#environment-variables): the file a runner has mapped, ``GGML_BACKEND_PATH``,
+the ``OLLAMA_LIBRARY_PATH`` dirs, and
 ``lib/ollama/cuda_v*`` next to the server's executable. Each one found is resolved with
 `vgpumon.doctor.loader.ldresolve` in the environment a runner gets, through the server's
 `FileView`, and

@@ -204,9 +204,9 @@ def _bounded_output(process: subprocess.Popen[bytes],
     streams = {process.stdout: bytearray(), process.stderr: bytearray()}
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        for stream in streams:
+        for stream, buffer in streams.items():
             if stream is not None:
-                selector.register(stream, selectors.EVENT_READ)
+                selector.register(stream, selectors.EVENT_READ, buffer)
         while selector.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -220,7 +220,7 @@ def _bounded_output(process: subprocess.Popen[bytes],
                 if not chunk:
                     selector.unregister(key.fileobj)
                     continue
-                kept = streams[key.fileobj]  # type: ignore[index]
+                kept: bytearray = key.data
                 kept += chunk[:max(0, MAX_OUTPUT - len(kept))]
     try:
         process.wait(max(0.0, deadline - time.monotonic()))

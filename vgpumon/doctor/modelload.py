@@ -59,6 +59,8 @@ def load_model(url: str, model: str, timeout: float) -> ModelLoad:
     """Load `model`; returns when Ollama answered (loaded or failed) or after `timeout`."""
     parts = urlsplit(url)
     started = time.time()
+    if not parts.hostname:  # the config accepts no URL without a host
+        return ModelLoad(model, started, time.time(), None, f"no host in {url!r}")
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
                         else http.client.HTTPConnection)
     connection = connection_class(parts.hostname, parts.port, timeout=timeout)

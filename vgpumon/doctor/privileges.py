@@ -1,6 +1,6 @@
 """Who the doctor runs as, and which privilege would let it read what it could not.
 
-facts/linux.md §3: another user's ``maps`` needs CAP_SYS_PTRACE; its ``environ`` also
+docs/linux.md#permissions: another user's ``maps`` needs CAP_SYS_PTRACE; its ``environ`` also
 CAP_DAC_READ_SEARCH; ``/proc/PID/root`` and ``exe`` need CAP_SYS_PTRACE; ``/dev/kmsg`` under
 ``kernel.dmesg_restrict=1`` needs CAP_SYSLOG; the system journal needs group
 ``systemd-journal`` (``adm`` on Debian/Ubuntu) or root. A read that failed for want of one

@@ -1,4 +1,4 @@
-"""What systemd knows about the Ollama unit: ``systemctl show`` (facts/linux.md §9.4).
+"""What systemd knows about the Ollama unit: ``systemctl show`` (docs/linux.md#systemctl-show).
 
 Parsing is pure; `unit_status` runs ``systemctl`` only where systemd is PID 1, and says why
 not otherwise.

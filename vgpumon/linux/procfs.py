@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 DELETED_SUFFIX = " (deleted)"
 
@@ -167,10 +168,10 @@ def parse_maps(data: bytes) -> tuple[MappedFile, ...]:
             continue  # not a maps line; the kernel never writes one, a fixture might
         files.setdefault(key, []).append(mapped)
     result = []
-    for (dev, inode, raw_path), ranges in files.items():
+    for (device, ino, raw_path), ranges in files.items():
         deleted = raw_path.endswith(DELETED_SUFFIX)
-        path = raw_path[: -len(DELETED_SUFFIX)] if deleted else raw_path
-        result.append(MappedFile(path, dev, inode, deleted, tuple(ranges)))
+        name = raw_path[: -len(DELETED_SUFFIX)] if deleted else raw_path
+        result.append(MappedFile(name, device, ino, deleted, tuple(ranges)))
     return tuple(result)
 
 
@@ -213,7 +214,11 @@ class ProcessMaps(Sequence[MappedFile]):
             self._files = parse_maps(self.data)
         return self._files
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> MappedFile: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[MappedFile, ...]: ...
+    def __getitem__(self, index: int | slice) -> MappedFile | tuple[MappedFile, ...]:
         return self.files()[index]
 
     def __len__(self) -> int:
@@ -227,6 +232,7 @@ class ProcessMaps(Sequence[MappedFile]):
             return self.files() == tuple(other)
         return NotImplemented
 
+    # Equal by content, unhashable (as a list): mypy types __hash__ as a method, not None.
     __hash__ = None  # type: ignore[assignment]
 
 

@@ -1,7 +1,7 @@
 """Events: the timeline vgpumon keeps (event log, `/events`, `vgpumon replay --json`).
 
 An event is one JSON object: ``{"ts": <unix seconds>, "kind": "...", ...fields}``. The kinds
-and their fields are a contract (DESIGN.md); add fields freely, never rename them.
+and their fields are a contract (docs/events.md); add fields freely, never rename them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ OUT_OF_MEMORY = "out_of_memory"
 LOAD_FAILED = "load_failed"
 BACKEND_LOAD_FAILED = "backend_load_failed"
 BACKEND_LOADED = "backend_loaded"
-# Not in DESIGN.md's table: one Go runtime crash trace in the Ollama log (signal, pc, message).
+# One Go runtime crash trace in the Ollama log (signal, pc, message).
 GO_CRASH = "go_crash"
 
 # Ollama log problems that are also counted in vgpumon_ollama_log_errors_total{kind}.

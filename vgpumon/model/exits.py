@@ -1,4 +1,4 @@
-"""Exit reasons: how a process ended, in DESIGN.md's vocabulary (pure functions)."""
+"""Exit reasons: how a process ended (docs/metrics.md#exit-reasons; pure functions)."""
 
 from __future__ import annotations
 

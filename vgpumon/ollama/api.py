@@ -1,7 +1,7 @@
 """Ollama's HTTP API bodies → values: ``GET /api/version`` and ``GET /api/ps``.
 
 Pure functions over the response body; fetching (and capping its size) is the caller's job.
-Every version's shape is accepted (facts/ollama.md §6): ``/api/ps`` exists from 0.1.38,
+Every version's shape is accepted (docs/ollama.md#http-api): ``/api/ps`` exists from 0.1.38,
 0.1.38-0.1.41 omit ``size_vram`` and ``expires_at`` when zero, ``context_length`` appears in
 0.10.0, ``models`` may be ``null``.
 """

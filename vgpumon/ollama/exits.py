@@ -1,8 +1,8 @@
-"""What Ollama's exit texts say about how a runner ended (facts/ollama.md §5.5-5.6).
+"""What Ollama's exit texts say about how a runner ended (docs/ollama.md#exit-texts).
 
 Go's ``exec.ExitError`` prints ``exit status N`` or ``signal: <name>[ (core dumped)]``; 0.30+
 also prints ``OK`` and ``unknown``; from 0.2.8 Ollama often shows the runner's last recognised
-error line instead. The reasons are DESIGN.md's exit reasons.
+error line instead. The reasons are those of docs/metrics.md#exit-reasons.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recognise the header of a Go runtime crash trace in a stream of unprefixed lines.
 
 A Go runner that takes a fatal signal in cgo code (or panics) prints a trace and exits with
-status 2 (facts/ollama.md §5.6). The header comes in three shapes:
+status 2 (docs/ollama.md#exit-texts). The header comes in three shapes:
 
     SIGSEGV: segmentation violation          fatal error: unexpected signal ...   panic: ...
     PC=0x7f3a1c02b1e4 m=5 sigcode=1 addr=0x0  [signal SIGSEGV: ... addr=0x0 pc=0x4a3b2c]

@@ -1,7 +1,7 @@
 """Ollama log records → vgpumon events.
 
-`LogInterpreter` reads `LogRecord`s in log order and yields DESIGN.md's Ollama event kinds
-(``ollama_version`` … ``backend_loaded``) plus one kind of its own:
+`LogInterpreter` reads `LogRecord`s in log order and yields the Ollama event kinds of
+docs/events.md (``ollama_version`` … ``backend_loaded``) plus one kind of its own:
 
 ``go_crash`` {signal, pc?, addr?, message, cgo, model?}
     One per Go runtime crash trace (a runner or the era-B server took a fatal signal in cgo
@@ -13,7 +13,7 @@
     reason becomes ``crash`` and it gains ``crash_signal`` and ``pc``.
 
 The interpreter is pure: no I/O, no clock. An event's time is the record's own time, else the
-transport's, else the caller's `now`. Fields added beyond DESIGN.md's: ``level`` (the record's),
+transport's, else the caller's `now`. Fields it adds to those kinds: ``level`` (the record's),
 ``model`` (the blob digest of the runner the line is attributed to: the most recent
 ``runner_started`` of a model), ``origin`` on ``offload``, ``repeat`` on ``runner_exited``
 (another report of an exit already reported), ``discovery_round`` on ``gpu_discovered`` and

@@ -2,7 +2,7 @@
 
 A line may carry a transport prefix (journalctl ``short``/``short-iso``/``short-precise``/
 ``short-monotonic``, a syslog file, a container viewer's timestamp), then one of Ollama's own
-shapes (facts/ollama.md §4):
+shapes (docs/ollama.md#log-format):
 
 - slog TextHandler: ``time=… level=… source=… msg=… key=value …`` (0.1.25+);
 - Go ``log``: ``YYYY/MM/DD HH:MM:SS file.go:LINE: message`` (≤ 0.1.20);

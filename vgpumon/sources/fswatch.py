@@ -123,7 +123,7 @@ class FsWatcher:
     def read(self) -> FsChange:
         change = FsChange()
         for event in self._inotify.read(timeout=0):
-            directories = self._dirs_of_wd.get(event.wd) or {None}
+            directories: set[str] | set[None] = self._dirs_of_wd.get(event.wd) or {None}
             for directory in directories:
                 change = change | interpret(self._plan, directory, event.mask, event.name)
             if event.mask & in_flags.IGNORED:

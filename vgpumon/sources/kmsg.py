@@ -116,7 +116,7 @@ class KmsgReader:
 
     def read(self) -> list[KmsgRecord]:
         """Every record available now; records overwritten before reading are counted."""
-        found = []
+        found: list[KmsgRecord] = []
         while True:
             try:
                 data = os.read(self._fd, 8192)

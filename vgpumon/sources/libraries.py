@@ -105,7 +105,7 @@ class LibraryMatcher:
                 continue
             found = files.get(spec.name)
             resolved = found.resolved if found else spec.path or ""
-            if found is not None and found.present:
+            if found is not None and found.dev is not None and found.inode is not None:
                 self._by_identity.setdefault((found.dev, found.inode), []).append(spec.name)
             self._by_basename.setdefault(os.path.basename(resolved), []).append(
                 (spec.name, found if found is not None and found.present else None))

@@ -59,6 +59,8 @@ def fetch(url: str, path: str, timeout: float) -> bytes:
     socket down, which ends any recv() at once.
     """
     parts = urlsplit(url)
+    if not parts.hostname:  # the config accepts no URL without a host
+        raise ApiUnavailable(f"no host in {url!r}")
     deadline = time.monotonic() + timeout
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
                         else http.client.HTTPConnection)

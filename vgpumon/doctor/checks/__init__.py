@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from vgpumon.doctor.checks import (
     access,
     environment,
@@ -15,6 +17,17 @@ from vgpumon.doctor.checks import (
     placement,
     shims,
 )
+from vgpumon.doctor.context import DoctorContext
+from vgpumon.doctor.report import Check
 
-SECTIONS = (access, ollama, environment, shims, libraries, loadtest, placement, log, kernel,
-            model)
+
+class CheckModule(Protocol):
+    """A section's module."""
+
+    TITLE: str
+
+    def checks(self, ctx: DoctorContext) -> list[Check]: ...
+
+
+SECTIONS: tuple[CheckModule, ...] = (access, ollama, environment, shims, libraries, loadtest,
+                                     placement, log, kernel, model)

@@ -1,5 +1,5 @@
 """Environment: the server's variables that decide how Ollama finds GPUs and libraries, and
-what each value implies for this version (facts/ollama.md §3.4).
+what each value implies for this version (docs/ollama.md#environment-variables).
 
 Only `context.relevant` variables are ever read into the report; the others may be secrets.
 """

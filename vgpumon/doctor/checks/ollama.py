@@ -119,7 +119,7 @@ def api(ctx: DoctorContext) -> Check:
     if state.up and state.models is None:
         return ok("ollama.api", f"{url} answers: version {state.version}; it has no /api/ps "
                   "(Ollama before 0.1.38), so which models are loaded comes from the processes")
-    if state.up:
+    if state.up and state.models is not None:
         evidence = [f"{m.name}: {size(m.size_vram)} of {size(m.size)} in VRAM"
                     f" ({_share(m.size_vram, m.size)}), expires "
                     f"{when(m.expires_at) if m.expires_at else 'never'}" for m in state.models]

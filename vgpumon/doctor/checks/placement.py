@@ -1,5 +1,5 @@
 """Placement: where this era maps the CUDA backend (server, runner, discovery probe), and where
-it is mapped now (facts/ollama.md §3.1)."""
+it is mapped now (docs/ollama.md#libraries-per-process)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def ggml_cuda(ctx: DoctorContext) -> Check:
     if not any(s.name == GGML_CUDA for s in ctx.config.libraries):
         return skip(CHECK, f"no library named {GGML_CUDA} in the config")
     era = ctx.era or LATEST
-    holders = {}
+    holders: dict[str, list[int]] = {}
     if not recognises_cuda_library(ctx, era.cuda_library):
         return skip(CHECK, f"the ggml-cuda library of the config does not match "
                     f"{era.cuda_library}, the file {era.title} keeps its CUDA code in: configure "

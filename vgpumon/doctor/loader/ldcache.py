@@ -148,7 +148,7 @@ class LdCache:
             if entry.soname != soname or (flags is not None and entry.flags not in flags):
                 continue
             if entry.is_hwcaps:
-                if entry.hwcaps_name in hwcaps:
+                if entry.hwcaps_name is not None and entry.hwcaps_name in hwcaps:
                     rank = list(hwcaps).index(entry.hwcaps_name)
                     if best is None or rank < best[0]:
                         best = (rank, entry)

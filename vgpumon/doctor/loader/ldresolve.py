@@ -51,6 +51,7 @@ import stat
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 from vgpumon.doctor.loader import elf
 from vgpumon.doctor.loader.elf import ElfError, ElfInfo, fd_reader, parse_elf
@@ -591,7 +592,7 @@ class _Loader:
     def _search(self, name: str, loader: _Object | None) -> tuple[list[Candidate], _Found | None]:
         tried: list[Candidate] = []
 
-        def attempt(dirs: Iterable[str], step: Step) -> _Found | bool | None:
+        def attempt(dirs: Iterable[str], step: Step) -> _Found | Literal[False] | None:
             """The found file; False when the search must stop; None to go on."""
             for directory in dirs:
                 for sub in (*(f"glibc-hwcaps/{h}" for h in self.env.hwcaps), ""):
@@ -626,7 +627,7 @@ class _Loader:
 
     def _from_cache(
         self, name: str, nodeflib: bool, tried: list[Candidate]
-    ) -> _Found | bool | None:
+    ) -> _Found | Literal[False] | None:
         if self.env.cache is None:
             return None
         entry = self.env.cache.lookup(name, flags=self.cache_flags, hwcaps=self.env.hwcaps)
@@ -732,7 +733,7 @@ class _Loader:
         """ld.so's open_verify: None if loadable, else the verdict and glibc's message."""
         model = self.model
         is64 = model.elf_class == 64
-        order = "little" if model.byte_order == "little" else "big"
+        order: Literal["little", "big"] = "little" if model.byte_order == "little" else "big"
         if len(header) < (64 if is64 else 52):
             return Verdict.INVALID, "file too short"
         if header[:4] != b"\x7fELF":
