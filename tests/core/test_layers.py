@@ -1,7 +1,7 @@
 """The packages of vgpumon are layers, and imports run one way, lowest first.
 
-    config, linux, model  ->  ollama  ->  sources  ->  snapshot  ->  http  ->  daemon  ->  cli
-                                                                              doctor
+    config, linux  ->  model  ->  ollama  ->  sources  ->  snapshot  ->  http  ->  daemon  ->  cli
+                                                                                   doctor
 
 A package may import its own modules and any package on a lower layer, never one on its own
 layer or above; `vgpumon/__init__.py` (the version) is importable by all. docs/architecture.md
@@ -16,14 +16,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "vgpumon"
 
 LAYERS = {
-    "config": 0, "linux": 0, "model": 0,
-    "ollama": 1,
-    "sources": 2,
-    "snapshot": 3,
-    "http": 4,
-    "daemon": 5, "doctor": 5,
-    "cli": 6,
-    "__main__": 7,
+    "config": 0, "linux": 0,
+    "model": 1,
+    "ollama": 2,
+    "sources": 3,
+    "snapshot": 4,
+    "http": 5,
+    "daemon": 6, "doctor": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
 

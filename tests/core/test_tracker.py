@@ -9,9 +9,10 @@ import pytest
 
 from vgpumon.config.schema import CrashLoopSpec
 from vgpumon.daemon.counters import Tracker
+from vgpumon.linux.waitstatus import WaitStatus, decode, signal_name
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
-from vgpumon.model.exits import ExitStatus, reason_for
+from vgpumon.model.exits import reason_for
 
 
 @pytest.mark.parametrize(("status", "oom", "reason"), [
@@ -29,18 +30,30 @@ from vgpumon.model.exits import ExitStatus, reason_for
     (signal.SIGHUP, False, "error"),
 ])
 def test_reason_for_wait_status(status, oom, reason):
-    assert reason_for(ExitStatus.from_wait_status(status), oom_killed=oom) == reason
+    assert reason_for(decode(status), oom_killed=oom) == reason
 
 
 def test_reason_unknown_without_status():
     assert reason_for(None) == "unknown"
 
 
-def test_exit_status_decoding():
-    assert ExitStatus.from_wait_status(768) == ExitStatus(3, None)
-    segv = ExitStatus.from_wait_status(signal.SIGSEGV | 0x80)
+def test_wait_status_decoding_agrees_with_the_os_module():
+    for status in (0, 768, 0xFF00, signal.SIGSEGV | 0x80, signal.SIGKILL, 64):
+        decoded = decode(status)
+        if os.WIFEXITED(status):
+            assert decoded == WaitStatus(exit_code=os.WEXITSTATUS(status))
+        else:
+            assert decoded == WaitStatus(signal=os.WTERMSIG(status),
+                                         core_dumped=os.WCOREDUMP(status))
+    segv = decode(signal.SIGSEGV | 0x80)
     assert segv.signal == signal.SIGSEGV and segv.core_dumped and segv.signal_name == "SIGSEGV"
-    assert os.WIFEXITED(0)
+    assert decode(-1) == WaitStatus() and decode(0x137F) == WaitStatus()  # unknown, stopped
+
+
+def test_signal_names_are_the_kernels_with_a_fallback():
+    assert signal_name(6) == "SIGABRT" and signal_name(31) == "SIGSYS"
+    assert signal_name(None) is None
+    assert signal_name(200) == "SIG200"
 
 
 def exited(ts, reason, group="runner"):

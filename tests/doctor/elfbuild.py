@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from vgpumon.doctor.loader import elf
+from vgpumon.linux import elf
 
 
 def synth_elf(

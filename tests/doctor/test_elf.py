@@ -1,4 +1,4 @@
-"""vgpumon.doctor.loader.elf against binutils' readelf on real libraries, and against synthetic
+"""vgpumon.linux.elf against binutils' readelf on real libraries, and against synthetic
 images."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgpumon.doctor.loader import elf
-from vgpumon.doctor.loader.elf import ElfError, ElfInfo, parse_elf, read_elf
+from vgpumon.linux import elf
+from vgpumon.linux.elf import ElfError, ElfInfo, parse_elf, read_elf
 
 from .elfbuild import bytes_reader, synth_elf
 from .readelf import READELF, readelf_facts

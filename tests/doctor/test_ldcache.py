@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgpumon.doctor.loader import elf
 from vgpumon.doctor.loader.ldcache import (
     CacheEntry,
     LdCache,
@@ -23,6 +22,7 @@ from vgpumon.doctor.loader.ldcache import (
     parse_ld_cache,
     read_ld_cache,
 )
+from vgpumon.linux import elf
 from vgpumon.linux.paths import FileView
 
 LDCONFIG = shutil.which("ldconfig") or (

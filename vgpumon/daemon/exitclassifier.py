@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vgpumon.linux.procfs import MappedFile
+from vgpumon.linux.waitstatus import WaitStatus, decode
 from vgpumon.model import events as ev
 from vgpumon.model import exits
 from vgpumon.model.events import Event
-from vgpumon.model.exits import ExitStatus, reason_for
+from vgpumon.model.exits import reason_for
 from vgpumon.sources.processes import TrackedProcess
 
 GRACE_SECONDS = 0.5
@@ -61,7 +62,7 @@ class _Pending:
     process: TrackedProcess
     seen_at: float
     deadline: float
-    status: ExitStatus | None = None
+    status: WaitStatus | None = None
     source: str = "poll"
     maps: Sequence[MappedFile] = ()
 
@@ -84,7 +85,7 @@ class ExitClassifier:
         pending = self._pending_for(process, now, maps)
         pending.source = source
         if status is not None:
-            pending.status = ExitStatus.from_wait_status(status)
+            pending.status = decode(status)
 
     def status_of_pending(self, pid: int, status: int | None, source: str) -> bool:
         """The exit status of a process that already left the snapshot; False if not pending."""
@@ -93,7 +94,7 @@ class ExitClassifier:
             return False
         pending.source = source
         if status is not None:
-            pending.status = ExitStatus.from_wait_status(status)
+            pending.status = decode(status)
         return True
 
     def vanished(self, process: TrackedProcess, now: float,

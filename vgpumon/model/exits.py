@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from dataclasses import dataclass
+
+from vgpumon.linux.waitstatus import WaitStatus
 
 CLEAN = "clean"
 STOPPED = "stopped"
@@ -23,51 +23,39 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGKILL})
 
 # Go programs turn a fatal signal (and panics) into exit status 2 with a trace on stderr.
 GO_CRASH_EXIT_CODE = 2
+# Windows NTSTATUS exit codes that mean the process faulted, as Ollama reports them there
+# (a Linux exit code never reaches them).
+FAULT_EXIT_CODES = frozenset({0xC0000005, 0xC000001D, 0xC0000409, 0xC0000094, 0xC00000FD})
 
 
-@dataclass(frozen=True)
-class ExitStatus:
-    """A decoded wait(2) status."""
-
-    exit_code: int | None
-    signal: int | None
-    core_dumped: bool = False
-
-    @classmethod
-    def from_wait_status(cls, status: int) -> ExitStatus:
-        if os.WIFSIGNALED(status):
-            return cls(None, os.WTERMSIG(status), os.WCOREDUMP(status))
-        if os.WIFEXITED(status):
-            return cls(os.WEXITSTATUS(status), None)
-        return cls(None, None)
-
-    @property
-    def signal_name(self) -> str | None:
-        if self.signal is None:
-            return None
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"SIG{self.signal}"
+def reason_for_signal(number: int) -> str:
+    """The reason of a death by signal `number` (SIGKILL: see `reason_for`)."""
+    if number in CRASH_SIGNALS:
+        return CRASH
+    if number in STOP_SIGNALS:
+        return STOPPED
+    return ERROR
 
 
-def reason_for(status: ExitStatus | None, *, oom_killed: bool = False) -> str:
+def reason_for_exit_code(code: int) -> str:
+    if code == 0:
+        return CLEAN
+    if code in FAULT_EXIT_CODES:
+        return CRASH
+    return ERROR
+
+
+def reason_for(status: WaitStatus | None, *, oom_killed: bool = False) -> str:
     """The exit reason of a status; `oom_killed` says the kernel logged an OOM kill of it."""
     if status is None:
         return UNKNOWN
     if status.signal is not None:
         if status.signal == signal.SIGKILL and oom_killed:
             return OOM
-        if status.signal in CRASH_SIGNALS:
-            return CRASH
-        if status.signal in STOP_SIGNALS:
-            return STOPPED
-        return ERROR
-    if status.exit_code == 0:
-        return CLEAN
+        return reason_for_signal(status.signal)
     if status.exit_code is None:
         return UNKNOWN
-    return ERROR
+    return reason_for_exit_code(status.exit_code)
 
 
 def is_crash(reason: str) -> bool:

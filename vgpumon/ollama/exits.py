@@ -10,15 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vgpumon.model.exits import (  # noqa: F401 - the reasons, re-exported for this module's users
+from vgpumon.linux.waitstatus import decode
+from vgpumon.model.exits import (
     CLEAN,
     CRASH,
-    CRASH_SIGNALS,
     ERROR,
-    OOM,
-    STOP_SIGNALS,
-    STOPPED,
     UNKNOWN,
+    reason_for_exit_code,
+    reason_for_signal,
 )
 
 # Go's signal names (syscall.Signal.String on Linux) → number.
@@ -40,35 +39,6 @@ SIGNAL_NUMBERS = {
     "terminated": 15,
     "bad system call": 31,
 }
-SIGNAL_NAMES = {
-    1: "SIGHUP",
-    2: "SIGINT",
-    3: "SIGQUIT",
-    4: "SIGILL",
-    5: "SIGTRAP",
-    6: "SIGABRT",
-    7: "SIGBUS",
-    8: "SIGFPE",
-    9: "SIGKILL",
-    10: "SIGUSR1",
-    11: "SIGSEGV",
-    12: "SIGUSR2",
-    13: "SIGPIPE",
-    14: "SIGALRM",
-    15: "SIGTERM",
-    31: "SIGSYS",
-}
-
-
-def signal_name(number: int | None) -> str | None:
-    """``SIGSEGV`` for 11: the form `process_exited` uses too."""
-    if number is None:
-        return None
-    return SIGNAL_NAMES.get(number, f"SIG{number}")
-
-# Windows NTSTATUS exit codes that mean the process faulted.
-_NTSTATUS_CRASHES = frozenset({0xC0000005, 0xC000001D, 0xC0000409, 0xC0000094, 0xC00000FD})
-
 _SIGNAL_TEXT = re.compile(
     r"signal: (?:signal (\d{1,3})|("
     + "|".join(re.escape(name) for name in sorted(SIGNAL_NUMBERS, key=len, reverse=True))
@@ -81,9 +51,9 @@ _GGML_ABORT_TEXT = re.compile(r"GGML_ASSERT|CUDA error|ROCm error")
 
 
 @dataclass(frozen=True)
-class ExitStatus:
-    """How a process ended, as far as a text or a wait status tells (with its reason; the
-    daemon's `vgpumon.model.exits.ExitStatus` is the bare wait status)."""
+class ReportedExit:
+    """How a process ended as a text or a logged wait status tells: the reason, and the exit
+    code or signal when the report names one."""
 
     reason: str
     exit_code: int | None = None
@@ -91,23 +61,7 @@ class ExitStatus:
     core_dumped: bool = False
 
 
-def reason_for_signal(signal: int) -> str:
-    if signal in CRASH_SIGNALS:
-        return CRASH
-    if signal in STOP_SIGNALS:
-        return STOPPED
-    return ERROR
-
-
-def reason_for_exit_code(code: int) -> str:
-    if code == 0:
-        return CLEAN
-    if code in _NTSTATUS_CRASHES:
-        return CRASH
-    return ERROR
-
-
-def classify_exit_text(text: str) -> ExitStatus:
+def classify_exit_text(text: str) -> ReportedExit:
     """Read an exit text (``exit status 2``, ``signal: killed``, ``OK``, a last error line).
 
     ``signal: killed`` is `STOPPED`: the text cannot tell Ollama's unload from the OOM killer.
@@ -117,28 +71,26 @@ def classify_exit_text(text: str) -> ExitStatus:
     m = _SIGNAL_TEXT.search(text)
     if m is not None:
         number = int(m.group(1)) if m.group(1) else SIGNAL_NUMBERS[m.group(2)]
-        return ExitStatus(reason_for_signal(number), signal=number, core_dumped=bool(m.group(3)))
+        return ReportedExit(reason_for_signal(number), signal=number, core_dumped=bool(m.group(3)))
     m = _EXIT_STATUS.search(text)
     if m is not None:
         code = int(m.group(1), 0) if m.group(1).startswith("0x") else int(m.group(1))
-        return ExitStatus(reason_for_exit_code(code), exit_code=code)
+        return ReportedExit(reason_for_exit_code(code), exit_code=code)
     if text == "OK" or text.startswith("OK:"):
-        return ExitStatus(CLEAN, exit_code=0)
+        return ReportedExit(CLEAN, exit_code=0)
     if not text or text == "unknown" or text.startswith("unknown:"):
-        return ExitStatus(UNKNOWN)
+        return ReportedExit(UNKNOWN)
     if _GO_CRASH_TEXT.search(text) or _GGML_ABORT_TEXT.search(text):
-        return ExitStatus(CRASH)
-    return ExitStatus(ERROR)
+        return ReportedExit(CRASH)
+    return ReportedExit(ERROR)
 
 
-def exit_status_from_wait_status(status: int) -> ExitStatus:
-    """Decode a raw Linux wait status (Go's ``syscall.WaitStatus``, logged as ``sys=N``)."""
-    if status < 0:
-        return ExitStatus(UNKNOWN)
-    signal = status & 0x7F
-    if signal == 0:
-        code = (status >> 8) & 0xFF
-        return ExitStatus(reason_for_exit_code(code), exit_code=code)
-    if signal == 0x7F:  # stopped or continued, not an exit
-        return ExitStatus(UNKNOWN)
-    return ExitStatus(reason_for_signal(signal), signal=signal, core_dumped=bool(status & 0x80))
+def exit_status_from_wait_status(status: int) -> ReportedExit:
+    """A raw Linux wait status (Go's ``syscall.WaitStatus``, logged as ``sys=N``)."""
+    decoded = decode(status)
+    if decoded.signal is not None:
+        return ReportedExit(reason_for_signal(decoded.signal), signal=decoded.signal,
+                            core_dumped=decoded.core_dumped)
+    if decoded.exit_code is not None:
+        return ReportedExit(reason_for_exit_code(decoded.exit_code), exit_code=decoded.exit_code)
+    return ReportedExit(UNKNOWN)

@@ -3,6 +3,7 @@ started: its process, the libraries it mapped, the offload it reported, a crash 
 
 from __future__ import annotations
 
+from vgpumon.config.schema import RUNNER
 from vgpumon.doctor.checks.placement import recognises_cuda_library
 from vgpumon.doctor.context import GGML_CUDA, DoctorContext
 from vgpumon.doctor.eras import LATEST
@@ -80,8 +81,8 @@ def libraries(ctx: DoctorContext, runner: ProcessState | None) -> Check:
     if not libs.readable:
         return warn("model.libraries", f"cannot read the maps of {label} ({libs.error})",
                     remedy("maps"))
-    expect = list(ctx.config.group("runner").expect) if any(
-        g.name == "runner" for g in ctx.config.groups) else [GGML_CUDA]
+    expect = list(ctx.config.group(RUNNER).expect) if any(
+        g.name == RUNNER for g in ctx.config.groups) else [GGML_CUDA]
     if recognises_cuda_library(ctx, (ctx.era or LATEST).cuda_library):
         wanted = [*expect, GGML_CUDA]
     else:  # the configured glob cannot see this era's CUDA code file: do not miss it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vgpumon.config.schema import SERVER
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
@@ -17,8 +18,8 @@ def checks(ctx: DoctorContext) -> list[Check]:
 
 def server(ctx: DoctorContext) -> Check:
     servers = ctx.servers
-    group = ctx.config.group("server") if any(
-        g.name == "server" for g in ctx.config.groups) else None
+    group = ctx.config.group(SERVER) if any(
+        g.name == SERVER for g in ctx.config.groups) else None
     if not servers or ctx.server is None:
         patterns = []
         if group is not None:

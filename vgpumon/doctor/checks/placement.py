@@ -6,7 +6,8 @@ from __future__ import annotations
 import fnmatch
 import os
 
-from vgpumon.doctor.context import GGML_CUDA, RUNNER, SERVER, DoctorContext
+from vgpumon.config.schema import RUNNER, SERVER
+from vgpumon.doctor.context import GGML_CUDA, DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.privileges import is_permission_problem, needs, remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from vgpumon.doctor.loader import elf
+from vgpumon.linux import elf
 from vgpumon.linux.paths import HOST, FileView
 
 OLD_MAGIC = b"ld.so-1.7.0"
