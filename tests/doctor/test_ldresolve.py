@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.doctor.loader import elf
 from vgpumon.doctor.loader.ldcache import read_ld_cache
 from vgpumon.doctor.loader.ldresolve import (
     LD_PRELOAD,
@@ -30,6 +29,7 @@ from vgpumon.doctor.loader.ldresolve import (
     shim_resolution,
     system_layout,
 )
+from vgpumon.linux import elf
 from vgpumon.linux.paths import HOST, FileView
 
 from .oracle import build_host, run_loader, supported_hwcaps, system_search_path

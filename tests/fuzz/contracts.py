@@ -20,8 +20,8 @@ from tests.doctor.elfbuild import bytes_reader
 from vgpumon.config.loading import MAX_DURATION, MAX_INTEGER, ConfigError, parse_config
 from vgpumon.config.schema import Config
 from vgpumon.daemon.eventlog import parse_event_line
-from vgpumon.doctor.loader.elf import ElfError, ElfInfo, parse_elf
 from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, parse_ld_cache
+from vgpumon.linux.elf import ElfError, ElfInfo, parse_elf
 from vgpumon.linux.procfs import (
     MappedFile,
     ProcParseError,
@@ -34,10 +34,12 @@ from vgpumon.linux.procfs import (
 )
 from vgpumon.model.events import Event
 from vgpumon.ollama.api import ApiFormatError, LoadedModel, parse_ps, parse_version
+from vgpumon.ollama.container_log import FORMATS as CONTAINER_FORMATS
+from vgpumon.ollama.container_log import LineJoiner, Piece, unwrap
 from vgpumon.ollama.interpret import KINDS, LogInterpreter
 from vgpumon.ollama.journal import JournalEntry, JournalFormatError, parse_journal_json
 from vgpumon.ollama.logline import LogRecord, parse_line
-from vgpumon.ollama.replay import JSON, PLAIN, SHORT, records_of_line
+from vgpumon.ollama.replay import JSON, PLAIN, SHORT, flush_records, records_of_line
 from vgpumon.sources.kmsg import (
     KmsgFormatError,
     KmsgRecord,
@@ -130,6 +132,13 @@ def _journal(result: JournalEntry) -> None:
     assert result.pid is None or isinstance(result.pid, int)
 
 
+def _pieces(result: list[Piece]) -> None:
+    for piece in result:
+        assert isinstance(piece, Piece) and isinstance(piece.text, str)
+        piece.text.encode()  # no lone surrogates
+        assert piece.ts is None or math.isfinite(piece.ts)
+
+
 def _events(result: list[Event]) -> None:
     for event in result:
         assert event.kind in KINDS
@@ -172,15 +181,25 @@ def _event_line(result: Event | None) -> None:
 
 
 def _log_pipeline(data: bytes) -> list[Event]:
-    """What the daemon does with a chunk of the Ollama log, in each of the three formats."""
+    """What the daemon does with a chunk of the Ollama log, in each of its formats."""
     events: list[Event] = []
-    for log_format in (PLAIN, SHORT, JSON):
+    for log_format in (PLAIN, SHORT, JSON, *CONTAINER_FORMATS):
         interpreter = LogInterpreter()
+        joiner = LineJoiner()
         for line in data.split(b"\n"):
-            for record in records_of_line(line, log_format, UTC) or ():
+            for record in records_of_line(line, log_format, UTC, joiner=joiner) or ():
                 events += interpreter.feed(record, 1_000_000.0)
+        for record in flush_records(joiner, UTC):
+            events += interpreter.feed(record, 1_000_000.0)
         events += interpreter.flush(1_000_000.0)
     return events
+
+
+def _container_lines(data: bytes) -> list[Piece]:
+    """One line of a container's log, unwrapped in each format, and the pieces joined."""
+    joiner = LineJoiner()
+    pieces = [p for f in CONTAINER_FORMATS if (p := unwrap(data, f, UTC)) is not None]
+    return pieces + [whole for p in pieces for whole in joiner.feed(p)] + joiner.flush()
 
 
 CONTRACTS = {
@@ -198,6 +217,7 @@ CONTRACTS = {
         Contract("log_line", parse_line, (), _line),
         Contract("log_line_text", lambda d: parse_line(as_text(d)), (), _line),
         Contract("journal_json", parse_journal_json, (JournalFormatError,), _journal),
+        Contract("container_line", _container_lines, (), _pieces),
         Contract("log_interpreter", _log_pipeline, (), _events),
         Contract("api_version", parse_version, (ApiFormatError,), _version),
         Contract("api_ps", parse_ps, (ApiFormatError,), _ps),

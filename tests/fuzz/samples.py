@@ -130,13 +130,26 @@ LOG_LINES = sorted({
     b"2025-06-10T08:15:02.114567891Z time=2025-06-10T08:15:02.114Z level=WARN msg=x",
     b"2024/05/01 10:00:00 server.go:1: ERROR llama runner terminated error=\"exit status 2\"",
 })
+# The same lines as container runtimes store them (docs/ollama.md#container-logs).
+CONTAINER_LINES = [
+    *(json.dumps({"log": line.decode("utf-8", "replace") + "\n", "stream": "stderr",
+                  "time": "2025-03-05T09:00:48.123456789Z"}, separators=(",", ":")).encode()
+      for line in LOG_LINES[::3]),
+    *(b"2025-03-05T09:00:48.123456789Z stderr F " + line for line in LOG_LINES[1::3]),
+    *(b"2025-03-05T09:00:48.123456789Z " + line for line in LOG_LINES[2::6]),
+    *(b"2025-03-05 09:00:48 " + line for line in LOG_LINES[5::6]),
+    b'{"log":"time=2025-03-05T09:00:48.120Z level=INFO msg=\\"a","stream":"stderr",'
+    b'"time":"2025-03-05T09:00:48.123456789Z"}',
+    b"2025-03-05T10:00:48.1+01:00 stdout P load_tensors: offl",
+    b'{"log":"\\ud800\\n","stream":"stdout","time":"0001-01-01T00:00:00Z"}',
+]
 # Consecutive lines of a real log, for the interpreter (state across lines matters).
 LOG_CHUNKS = [
     b"\n".join(lines[i : i + size])
     for lines in [(OLLAMA_DATA / "multi_era.log").read_bytes().splitlines()]
     for size in (3, 8)
     for i in range(0, len(lines), size)
-]
+] + [b"\n".join(CONTAINER_LINES[i : i + 8]) for i in range(0, len(CONTAINER_LINES), 8)]
 
 
 def _journal(message: object, **extra: object) -> bytes:

@@ -94,6 +94,12 @@ def test_journal_json(data):
 
 
 @FUZZ
+@given(inputs(samples.CONTAINER_LINES))
+def test_container_line(data):
+    check("container_line", data)
+
+
+@FUZZ
 @given(inputs(samples.LOG_CHUNKS, max_random=500))
 def test_log_interpreter(data):
     check("log_interpreter", data)

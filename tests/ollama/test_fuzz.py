@@ -17,7 +17,7 @@ from vgpumon.ollama.interpret import KINDS, LogInterpreter
 from vgpumon.ollama.journal import JournalFormatError, parse_journal_json
 from vgpumon.ollama.logline import LogRecord, go_unquote, parse_line
 from vgpumon.ollama.manifests import blob_digest_from_model_arg, model_blob_of_manifest
-from vgpumon.ollama.replay import detect_format, format_timeline, replay
+from vgpumon.ollama.replay import FORMATS, detect_format, format_timeline, replay
 
 # Inputs up to a megabyte-ish make timing meaningless; no per-example deadline.
 relaxed = settings(deadline=None)
@@ -278,7 +278,7 @@ def test_replay_never_raises(batch):
     events = list(replay(line.encode() if isinstance(line, str) else line for line in batch))
     check(events)
     assert len(list(format_timeline(events))) == len(events)
-    assert detect_format(batch) in {"plain", "short", "json"}
+    assert detect_format(batch) in FORMATS
 
 
 @relaxed

@@ -20,6 +20,9 @@ def test_embedded_config_is_valid_and_reads_the_host_proc():
     assert config.procfs == "/host/proc"
     assert config.rootfs == "/host"
     assert config.links[0].view == "server"
+    # Ollama's log: its container's log file, found under the host's / (rootfs)
+    assert config.ollama.log.container == "auto"
+    assert config.ollama.log.pods_dir == "/var/log/pods"
 
 
 def test_daemonset_shares_the_host_pid_namespace_and_mounts_proc_read_only():
@@ -28,7 +31,7 @@ def test_daemonset_shares_the_host_pid_namespace_and_mounts_proc_read_only():
     (container,) = pod["containers"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/host/proc"]["readOnly"] is True
-    assert mounts["/host"]["readOnly"] is True
+    assert mounts["/host"]["readOnly"] is True  # /host/var/log/pods: the pods' log files
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["host-proc"]["hostPath"]["path"] == "/proc"
 

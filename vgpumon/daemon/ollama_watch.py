@@ -14,16 +14,19 @@ import logging
 import time
 from collections.abc import Sequence
 
-from vgpumon.config.schema import Config
+from vgpumon.config.schema import Config, OllamaLogSpec
 from vgpumon.daemon.exitclassifier import GO_CRASH, LOG_EXIT, Evidence
 from vgpumon.daemon.source import Loop, SourceFailure
 from vgpumon.model import collectors
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
+from vgpumon.ollama.container_log import LineJoiner
 from vgpumon.ollama.interpret import LogInterpreter
+from vgpumon.ollama.logline import LogRecord
 from vgpumon.ollama.manifests import BlobNames, model_names_by_blob
-from vgpumon.ollama.replay import local_timezone, records_of_line
+from vgpumon.ollama.replay import flush_records, local_timezone, records_of_line
 from vgpumon.snapshot.ollama import OllamaFacts
+from vgpumon.sources.container_logs import ContainerLog, ContainerLogNotFound, find_container_log
 from vgpumon.sources.ollama_api import OllamaApiPoller, OllamaApiState, poll
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
 
@@ -148,6 +151,9 @@ class OllamaLog:
         self._follower_fd: int | None = None
         self._problem: str | None = None  # the follower could not even be made
         self._settings: object = None
+        self._joiner = LineJoiner()  # the pieces of a line a container runtime split
+        self._container: ContainerLog | None = None  # container: auto: the log followed
+        self._server_key: tuple[int, float] | None = None  # the server it was found for
 
     def start(self, loop: Loop) -> None:
         self._loop = loop
@@ -155,6 +161,8 @@ class OllamaLog:
         self._check()
 
     def after_refresh(self, now: float) -> None:
+        if isinstance(self._settings, OllamaLogSpec) and self._settings.container:
+            self._follow_container(now)
         if self._follower is not None and self._follower_fd is None:
             self._keep_following()
         self._check()
@@ -168,8 +176,9 @@ class OllamaLog:
             return
         self.close()
         self._open(config, catch_up=False, follow=True)
-        log.info("ollama log reconfigured log=%s",
-                 config.ollama.log.journal_unit or config.ollama.log.file or "none")
+        spec = config.ollama.log
+        log.info("ollama log reconfigured log=%s", spec.journal_unit or spec.file
+                 or (f"container {spec.container}" if spec.container else "none"))
         self._check()
 
     def close(self) -> None:
@@ -195,14 +204,18 @@ class OllamaLog:
         loop = self._loop
         spec = config.ollama.log
         self._settings, self._problem = spec, None
-        loop.set_absent(self.collector, not (spec.journal_unit or spec.file))
+        self._joiner = LineJoiner()
+        self._container, self._server_key = None, None
+        loop.set_absent(self.collector, not spec.enabled)
         if spec.journal_unit:
             self._follower = JournalFollower(spec.journal_unit, self._journalctl)
         elif spec.file:
-            try:
-                self._follower = FileFollower(spec.file)
-            except OSError as err:  # no inotify instance left (fs.inotify.max_user_instances)
-                self._problem = f"cannot follow {spec.file}: {err.strerror}"
+            self._follower = self._file_follower(spec.file)
+        elif spec.container:
+            found = self._find_container(spec)
+            if found is not None:
+                self._follower = self._file_follower(found.path)
+                self._container = found if self._follower is not None else None
         loop.classifier.ollama_log = self._follower is not None
         if self._follower is None:
             return
@@ -210,6 +223,61 @@ class OllamaLog:
             self._catch_up(time.time())
         if follow:
             self._keep_following()
+
+    def _file_follower(self, path: str) -> FileFollower | None:
+        try:
+            return FileFollower(path)
+        except OSError as err:  # no inotify instance left (fs.inotify.max_user_instances)
+            self._problem = f"cannot follow {path}: {err.strerror}"
+            return None
+
+    def _find_container(self, spec: OllamaLogSpec) -> ContainerLog | None:
+        """The log file of the running server's container; None, and why in `_problem`, when
+        there is none (docs/configuration.md#ollama)."""
+        assert self._loop is not None
+        observer = self._loop.observer
+        server = observer.server()
+        if server is None:
+            self._problem = ("no Ollama server runs, so the log of its container cannot be "
+                             "found (ollama.log: {container: auto})")
+            return None
+        try:
+            found = find_container_log(observer.procfs, server.pid, observer.host_view,
+                                       docker_root=spec.docker_root, pods_dir=spec.pods_dir)
+        except ContainerLogNotFound as err:
+            self._problem = str(err)
+            return None
+        self._problem, self._server_key = None, (server.pid, server.start_time)
+        return found
+
+    def _follow_container(self, now: float) -> None:
+        """``container: auto``: look for the log again until it is found, and again when
+        another server runs (a restarted container logs to a new file). The old file is
+        followed until the new one is found; the new one's lines written since its server
+        started become events, older ones only rebuild what the log says."""
+        assert self._loop is not None and isinstance(self._settings, OllamaLogSpec)
+        server = self._loop.observer.server()
+        key = (server.pid, server.start_time) if server is not None else None
+        if self._follower is not None and self._problem is None and key in (None,
+                                                                            self._server_key):
+            return
+        found = self._find_container(self._settings)
+        if found is None or server is None:
+            return
+        if self._container is not None and found.path == self._container.path:
+            self._container = found  # the same container again (docker restart)
+            return
+        self.close()
+        self._joiner = LineJoiner()
+        self._follower = self._file_follower(found.path)
+        self._container = found if self._follower is not None else None
+        self._loop.classifier.ollama_log = self._follower is not None
+        if self._follower is None:
+            return
+        log.info("ollama log follows container=%s file=%s format=%s", found.container,
+                 found.shown, self._follower.format)
+        self._catch_up(now, emit_since=server.start_time)
+        self._keep_following()
 
     def _check(self) -> None:
         """Fail while the log cannot be followed (the follower says why)."""
@@ -228,50 +296,76 @@ class OllamaLog:
                 self._loop.watch(fd, self.collector, self._on_readable)
                 self._follower_fd = fd
 
-    def _catch_up(self, now: float) -> None:
-        """Rebuild what the log said since the running server started (no events emitted)."""
+    def _catch_up(self, now: float, *, emit_since: float | None = None) -> None:
+        """Rebuild what the log said since the running server started (no events emitted).
+
+        With `emit_since`, the events of lines from then on are handled as the live log's are
+        (a log found after its server started, while vgpumon ran).
+        """
         assert self._follower is not None and self._loop is not None
         server = self._loop.observer.server()
         if server is None:
             return
         facts = self._knowledge.facts
         fed = 0
+        joiner, tz = LineJoiner(), local_timezone()
+        new: list[Event] = []
+
+        def feed(record: LogRecord) -> None:
+            events = self._interpreter.feed(record, _time_of(record, now))
+            if emit_since is None:
+                facts.apply(events)
+                return
+            facts.apply([e for e in events if e.ts < emit_since])
+            new.extend(e for e in events if e.ts >= emit_since)
+
         for line in self._follower.catch_up(server.start_time):
-            for record in records_of_line(line, self._follower.format, local_timezone()) or ():
-                facts.apply(self._interpreter.feed(record, _time_of(record, now)))
+            for record in records_of_line(line, self._follower.format, tz, joiner=joiner) or ():
+                feed(record)
                 fed += 1
+        for record in flush_records(joiner, tz):
+            feed(record)
+            fed += 1
         facts.apply(self._interpreter.flush(now))
         gpus = facts.state(None, {}).gpus
         log.info("ollama log catch-up records=%d gpus=%s", fed,
                  "unknown" if gpus is None else len(gpus))
+        if new:
+            self._handle(new, now)
 
     # -- the handler ---------------------------------------------------------------------------
 
     def _on_readable(self, now: float) -> None:
         assert self._follower is not None and self._loop is not None
-        loop, knowledge = self._loop, self._knowledge
         events: list[Event] = []
         for line in self._follower.read_lines():
             events += self._interpret(line, now)
         if self._follower_fd is not None and self._follower.fileno() != self._follower_fd:
             self._keep_following()  # journalctl exited: its pipe is gone
         if events:
-            self._evidence(events, now)
-            knowledge.facts.apply(events)
-            if any(e.kind == ev.RUNNER_STARTED for e in events):
-                knowledge.refresh_names(loop, now, min_gap=MANIFEST_RESCAN_MIN_GAP)
-            knowledge.publish(loop)
-            if any(e.kind == ev.OFFLOAD and not e.get("estimate") for e in events):
-                # llama.cpp has mapped the model by the time it reports the offload; before
-                # 0.1.32 it does so inside the server, which no new-process re-read covers.
-                loop.apply(loop.observer.refresh_maps(now))
-            loop.record(events, now)
+            self._handle(events, now)
         self._check()
+
+    def _handle(self, events: list[Event], now: float) -> None:
+        """New events of the log: evidence for exits, Ollama facts, recorded."""
+        assert self._loop is not None
+        loop, knowledge = self._loop, self._knowledge
+        self._evidence(events, now)
+        knowledge.facts.apply(events)
+        if any(e.kind == ev.RUNNER_STARTED for e in events):
+            knowledge.refresh_names(loop, now, min_gap=MANIFEST_RESCAN_MIN_GAP)
+        knowledge.publish(loop)
+        if any(e.kind == ev.OFFLOAD and not e.get("estimate") for e in events):
+            # llama.cpp has mapped the model by the time it reports the offload; before
+            # 0.1.32 it does so inside the server, which no new-process re-read covers.
+            loop.apply(loop.observer.refresh_maps(now))
+        loop.record(events, now)
 
     def _interpret(self, line: bytes, now: float) -> list[Event]:
         assert self._follower is not None
         events: list[Event] = []
-        for record in records_of_line(line, self._follower.format, local_timezone()) or ():
+        for record in records_of_line(line, self._follower.format, local_timezone(),
+                                      joiner=self._joiner) or ():
             events += self._interpreter.feed(record, _time_of(record, now))
         return events
 

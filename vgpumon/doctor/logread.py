@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from vgpumon.config.schema import OllamaLogSpec
 from vgpumon.doctor.privileges import Privileges, is_permission_problem, needs
 from vgpumon.model.events import Event
-from vgpumon.ollama.replay import JSON, PLAIN, local_timezone, replay
+from vgpumon.ollama.replay import JSON, local_timezone, replay
+from vgpumon.snapshot.observer import HostObserver
+from vgpumon.sources.container_logs import ContainerLog, ContainerLogNotFound, find_container_log
 from vgpumon.sources.ollama_log import FileFollower, JournalFollower
+
+# For ``container: auto``: the log file of the server's container (ContainerLogNotFound if none).
+Locate = Callable[[], ContainerLog]
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,34 @@ class LogReadout:
 
 
 def read_log(spec: OllamaLogSpec, since: float, privileges: Privileges,
-             journalctl: str = "journalctl") -> LogReadout:
+             journalctl: str = "journalctl", *, locate: Locate | None = None) -> LogReadout:
     if spec.journal_unit:
         return _read_journal(spec.journal_unit, since, privileges, journalctl)
     if spec.file:
         return _read_file(spec.file, since)
+    if spec.container:
+        try:
+            if locate is None:
+                raise ContainerLogNotFound("no Ollama server runs to find the container of")
+            found = locate()
+        except ContainerLogNotFound as err:
+            return LogReadout("log of the server's container", since, error=str(err))
+        return replace(_read_file(found.path, since),
+                       source=f"{found.kind} log of {found.container} ({found.shown})")
     return LogReadout("", since)
+
+
+def container_locator(observer: HostObserver, server_pid: int | None,
+                      spec: OllamaLogSpec) -> Locate | None:
+    """How `read_log` finds the log of the server's container; None without a server."""
+    if server_pid is None:
+        return None
+    pid = server_pid
+
+    def locate() -> ContainerLog:
+        return find_container_log(observer.procfs, pid, observer.host_view,
+                                  docker_root=spec.docker_root, pods_dir=spec.pods_dir)
+    return locate
 
 
 def _read_journal(unit: str, since: float, privileges: Privileges,
@@ -72,7 +100,7 @@ def _read_file(path: str, since: float) -> LogReadout:
         if is_permission_problem(error):
             error += f"; {needs('file')}"
         return LogReadout(source, since, error=error)
-    return LogReadout(source, since, len(lines), interpret(lines, PLAIN))
+    return LogReadout(source, since, len(lines), interpret(lines, follower.format))
 
 
 def interpret(lines: list[bytes], log_format: str) -> tuple[Event, ...]:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from inotify_simple import INotify
 from inotify_simple import flags as in_flags
 
+from vgpumon.ollama.replay import PLAIN, SAMPLE_LINES, detect_format
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20  # a longer line is cut here; the rest of it is dropped
@@ -28,6 +30,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 CATCH_UP_BYTES = 8 << 20
 CATCH_UP_ENTRIES = 20000
+HEAD_BYTES = 256 << 10  # read from the start of a log file to tell its format
 
 
 class LineSplitter:
@@ -169,15 +172,20 @@ class FileFollower:
 
     An inotify watch on the file's directory says when to read; the file is re-opened when
     the name points at another inode, read from the start when it shrank.
+
+    `format` is the log's format (`vgpumon.ollama.replay.FORMATS`: plain, or a container
+    runtime's such as Docker's json-file), told from the first lines of each file opened, or
+    of the first lines written to a file that was empty; ``plain`` until then.
     """
 
-    format = "plain"
     WATCH_MASK = (in_flags.MODIFY | in_flags.CREATE | in_flags.MOVED_TO | in_flags.DELETE
                   | in_flags.MOVED_FROM | in_flags.CLOSE_WRITE | in_flags.ATTRIB)
 
     def __init__(self, path: str):
         self.path = path
         self.error: str | None = None
+        self.format = PLAIN
+        self._detected = False
         self._inotify = INotify(nonblocking=True)
         self._watching = False
         self._fd: int | None = None
@@ -205,6 +213,8 @@ class FileFollower:
             self._close_file()
             self._open(at_end=False)
             lines += self._read_new()
+        if not self._detected:
+            self._detect(lines)
         return lines
 
     def catch_up(self, since: float) -> Iterator[bytes]:
@@ -250,6 +260,26 @@ class FileFollower:
         self._offset = st.st_size if at_end else 0
         self._splitter = LineSplitter()
         self.error = None
+        self._detected = False
+        self._detect(self._head())
+
+    def _head(self) -> list[bytes]:
+        """The first whole lines of the open file (at most HEAD_BYTES of it)."""
+        assert self._fd is not None
+        try:
+            data = os.pread(self._fd, HEAD_BYTES, 0)
+        except OSError:
+            return []
+        return data.split(b"\n")[:-1]
+
+    def _detect(self, lines: list[bytes]) -> None:
+        """Tell the format from the first non-blank lines, once there are any."""
+        sample = [line for line in lines if line.strip()][:SAMPLE_LINES]
+        if sample:
+            detected = detect_format(sample)
+            if detected != self.format:
+                log.info("log file format path=%s format=%s", self.path, detected)
+            self.format, self._detected = detected, True
 
     def _read_new(self) -> list[bytes]:
         if self._fd is None:

@@ -38,8 +38,8 @@ def source(ctx: DoctorContext) -> Check:
         return skip("log.source", "no Ollama log configured (ollama.log: {} in the config)")
     if log.error:
         return warn("log.source", f"cannot read the {log.source}: {log.error}",
-                    "point ollama.log in the vgpumon config at Ollama's log (journal_unit: or "
-                    "file:), and make it readable to the doctor")
+                    "point ollama.log in the vgpumon config at Ollama's log (journal_unit:, "
+                    "file: or container: auto), and make it readable to the doctor")
     finding = (f"{log.source}: {plural(log.lines, 'line')} since {when(log.since)}, "
                f"{plural(len(log.events), 'event')}")
     if log.limited:

@@ -3,7 +3,7 @@
 The doctor must say whether ``libggml-cuda.so`` and everything it needs resolve, to which files,
 and whether ``libcuda.so.1`` lands on the vGPU shim, without running ``ldd`` (which can execute
 the object). This module replays ``_dl_map_object`` and ``_dl_map_object_deps`` (glibc
-``elf/dl-load.c``, ``elf/dl-deps.c``, as of 2.36) over files read with `vgpumon.doctor.loader.elf`.
+``elf/dl-load.c``, ``elf/dl-deps.c``, as of 2.36) over files read with `vgpumon.linux.elf`.
 Every path
 is a path in a `FileView`, and every file is opened through it, so the libraries of a
 containerised Ollama are resolved inside its root.
@@ -53,9 +53,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from vgpumon.doctor.loader import elf
-from vgpumon.doctor.loader.elf import ElfError, ElfInfo, fd_reader, parse_elf
+from vgpumon.doctor.loader import ldso
 from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
+from vgpumon.linux import elf
+from vgpumon.linux.elf import ElfError, ElfInfo, fd_reader, parse_elf
 from vgpumon.linux.paths import HOST, FileView
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
@@ -234,19 +235,31 @@ def system_layout(info: ElfInfo, view: FileView | None = None) -> SystemLayout:
     Given a view, the layout is the one whose dirs hold ``libc.so.6``. Without a view, or when
     neither does, all of them in that order (multiarch, flat, then ``/lib``, ``/usr/lib``),
     with the multiarch ``$LIB``. Unknown machines get ``/lib``, ``/usr/lib``.
+
+    ``$PLATFORM`` is the machine's loader's (`ldso.loader_platform`: ``haswell`` on most Intel
+    x86-64 CPUs, not ``uname -m``); the static guess only where it cannot be asked. In the
+    host's own root the default dirs and ``$LIB`` are the system loader's own
+    (``ld.so --list-diagnostics``) where it tells them.
     """
-    arch = _ARCHES.get((info.machine, info.elf_class, info.byte_order))
+    key = (info.machine, info.elf_class, info.byte_order)
+    arch = _ARCHES.get(key)
     if arch is None:
         return SystemLayout(("/lib", "/usr/lib"), "lib", None)
+    asked = ldso.loader_platform(key)
+    platform = asked.value if asked is not None else arch.platform
+    if view is not None and view.is_identity:
+        told = ldso.diagnostics(key)
+        if told is not None and told.system_dirs and told.lib:
+            return SystemLayout(told.system_dirs, told.lib, platform)
     multiarch = (f"/lib/{arch.triplet}", f"/usr/lib/{arch.triplet}", "/lib", "/usr/lib")
     multiarch_lib = f"lib/{arch.triplet}"
     if view is not None:
         if any(view.exists(f"{d}/libc.so.6") for d in multiarch[:2]):
-            return SystemLayout(multiarch, multiarch_lib, arch.platform)
+            return SystemLayout(multiarch, multiarch_lib, platform)
         if any(view.exists(f"{d}/libc.so.6") for d in arch.flat):
-            return SystemLayout(arch.flat, arch.flat[0].lstrip("/"), arch.platform)
+            return SystemLayout(arch.flat, arch.flat[0].lstrip("/"), platform)
     union = tuple(dict.fromkeys(multiarch[:2] + arch.flat + ("/lib", "/usr/lib")))
-    return SystemLayout(union, multiarch_lib, arch.platform)
+    return SystemLayout(union, multiarch_lib, platform)
 
 
 @dataclass(frozen=True)
