@@ -4,9 +4,11 @@ warn or fail, with the right evidence; a healthy host exits 0."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from tests.doctor.consistency import assert_consistent
 from tests.doctor.simdoctor import MODEL, doctor, doctor_process, write_config
 from tests.simhost import SimHost
 from vgpumon.doctor.render import render_json, render_text
@@ -29,6 +31,7 @@ def test_healthy_host_exits_0(f_host):
     run = doctor(write_config(f_host))
     assert run.rc == 0, run.describe()
     assert run.failed() == []
+    assert_consistent(run.report)
     for check_id in ("ollama.server", "ollama.api", "ollama.version", "env.server",
                      "env.LD_PRELOAD", "shims.files", "shims.links", "shims.group.server",
                      "shims.group.runner", "shims.bypass", "shims.stale", "libraries.ggml_cuda",
@@ -101,6 +104,7 @@ def test_a_dependency_of_libggml_cuda_that_does_not_resolve(f_host):
     f_host.start_server()
     run = doctor(write_config(f_host))
     assert run.rc == 1
+    assert_consistent(run.report)
     deps = run.check("libraries.dependencies")
     assert deps.status is FAIL
     assert deps.finding.startswith("1 library the CUDA backend needs does not resolve: "
@@ -200,6 +204,7 @@ def test_environment_values_and_what_they_imply(f_host):
     f_host.start_server(env={"CUDA_VISIBLE_DEVICES": "", "OLLAMA_LLM_LIBRARY": "cuda_v99",
                              "LD_PRELOAD": preload, "MY_API_TOKEN": "s3cr3t"})
     run = doctor(write_config(f_host))
+    assert_consistent(run.report)
     assert run.status("env.CUDA_VISIBLE_DEVICES") is FAIL
     assert "empty" in run.check("env.CUDA_VISIBLE_DEVICES").finding
     llm = run.check("env.OLLAMA_LLM_LIBRARY")
@@ -243,6 +248,7 @@ def test_healthy_host_of_other_eras_exits_0(simhost, era):
     server.load_model(MODEL)
     run = doctor(write_config(host))
     assert run.rc == 0, run.describe()
+    assert_consistent(run.report)
     assert f"era {era}" in run.check("ollama.version").finding
     for check_id in ("libraries.ggml_cuda", "libraries.dependencies", "libraries.libcuda",
                      "loadtest.dlopen", "loadtest.libcuda", "placement.ggml_cuda",
@@ -261,3 +267,61 @@ def test_era_b_model_on_the_cpu_inside_the_server_fails_naming_it(simhost):
     check = run.check("placement.ggml_cuda")
     assert check.status is FAIL, run.describe()
     assert MODEL in check.finding and "runs on the CPU" in check.finding
+
+
+def test_no_runner_after_a_crash_the_runner_environment_is_derived(simhost):
+    """An era-G host whose `ollama serve` runs from a copy outside the install (the
+    environment says where the install is) and whose runner crashed inside the shim while
+    loading: with no runner alive, the dependencies and the load test use the environment
+    Ollama would give a runner (docs/ollama.md#environment-variables), not the server's plain
+    one, so Ollama's own libraries resolve; the crash is what the report leads with."""
+    host = simhost(era="G")
+    host.add_model(MODEL)
+    elsewhere = host.root / "opt/ollama-bin/ollama"  # no ../lib/ollama, no ./lib/ollama
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy2(host.server_exe, elsewhere)
+    lib, cuda = host.ollama_lib, host.cuda_dir
+    server = host.start_server(env={"OLLAMA_LIBRARY_PATH": f"{lib}:{cuda}",
+                                    "OLLAMA_LLM_LIBRARY": cuda.name},
+                               wrap=lambda argv: [str(elsewhere), *argv[1:]])
+    server.load_model(MODEL)
+    dead = server.crash_runner(MODEL, mode="sigsegv", library="libvgpu-cuda.so")
+    assert not dead.alive
+    run = doctor(write_config(host))
+    assert_consistent(run.report)
+    assert str(elsewhere) in "\n".join(run.check("ollama.server").evidence)
+    derived = ("the runner's environment, derived from the server's as Ollama 0.31.0 builds "
+               "it: no runner is running")
+    search = f"LD_LIBRARY_PATH={lib}:{cuda}:{host.lib64}"
+
+    deps = run.check("libraries.dependencies")
+    assert deps.status is OK, run.describe()
+    assert "derived from the server's: no runner is running" in deps.finding
+    evidence = "\n".join(deps.evidence)
+    assert f"resolved as ld.so would, with {derived}" in evidence
+    assert search in evidence
+    assert f"libggml-base.so.0 -> {lib / 'libggml-base.so.0'} (found through LD_LIBRARY_PATH)" \
+        in evidence
+
+    dlopen = run.check("loadtest.dlopen")
+    assert dlopen.status is OK, run.describe()
+    assert "derived from the server's: no runner is running" in dlopen.finding
+    evidence = "\n".join(dlopen.evidence)
+    assert f"variables (from {derived}): {search}" in evidence
+    assert f"OLLAMA_LIBRARY_PATH={lib}:{cuda}" in evidence
+    assert f"mapped by the dlopen: {lib / 'libggml-base.so.0'}" in evidence
+
+    llm = run.check("env.OLLAMA_LLM_LIBRARY")
+    assert llm.status is OK, run.describe()
+    assert f"install dir: {lib} (from OLLAMA_LIBRARY_PATH of the server: {lib})" in llm.evidence
+    assert f"install dir: {lib} (from OLLAMA_LIBRARY_PATH of the server: {lib})" in \
+        run.check("libraries.ggml_cuda").evidence
+
+    # The kernel rate-limits segfault records (shared with every crash on the machine): when
+    # it logged this one, the report leads with it.
+    kernel = run.check("kernel.crashes")
+    if kernel.status is FAIL:
+        assert "inside the vGPU shim libvgpu-cuda.so" in kernel.finding
+        assert run.report.lead == ("kernel.crashes",)
+        assert run.report.failures[0].id == "kernel.crashes"
+        assert "Most likely cause: kernel.crashes: " in run.describe()

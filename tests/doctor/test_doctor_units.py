@@ -9,13 +9,23 @@ from dataclasses import replace
 
 import pytest
 
-from vgpumon.config.schema import Config
+from tests.doctor.consistency import assert_consistent, contradictions
+from vgpumon.config.schema import SERVER, Config
 from vgpumon.doctor import build_report
-from vgpumon.doctor.checks import environment, log, ollama
-from vgpumon.doctor.context import DoctorContext, DoctorOptions, relevant
+from vgpumon.doctor.checks import environment, kernel, log, ollama
+from vgpumon.doctor.context import (
+    DoctorContext,
+    DoctorOptions,
+    LibraryFacts,
+    ProcessEnviron,
+    ServerFacts,
+    library_facts,
+    loader_environ,
+    relevant,
+)
 from vgpumon.doctor.eras import era_of, runner_environment
-from vgpumon.doctor.kmsg import _record
-from vgpumon.doctor.libsearch import find_candidates, glob_in_view
+from vgpumon.doctor.kmsg import KernelLog, KernelRecord, _record
+from vgpumon.doctor.libsearch import find_candidates, find_install_dir, glob_in_view, lib_dir_in
 from vgpumon.doctor.loadtest import run_load_test
 from vgpumon.doctor.logread import LogReadout, interpret
 from vgpumon.doctor.modelload import parse_answer, request_body
@@ -35,6 +45,8 @@ from vgpumon.linux.paths import HOST
 from vgpumon.linux.procfs import Credentials
 from vgpumon.model.events import Event
 from vgpumon.snapshot.host import HostState
+from vgpumon.sources.kmsg import parse_segfault
+from vgpumon.sources.processes import TrackedProcess
 
 ROOT = Privileges(0, 0, ("root",), frozenset(range(41)))
 
@@ -142,20 +154,48 @@ def test_era_of(version, era):
     assert (found.name if found else None) == era
 
 
-def test_runner_environment_per_era():
-    server = {"LD_LIBRARY_PATH": "/usr/lib64", "OLLAMA_HOST": "x"}
-    lib, cuda = "/usr/local/lib/ollama", "/usr/local/lib/ollama/cuda_v12"
-    e = runner_environment(era_of("0.9.6"), "0.9.6", server, lib, cuda)
-    assert e["LD_LIBRARY_PATH"] == f"{cuda}:{lib}:/usr/lib64"
-    assert e["OLLAMA_LIBRARY_PATH"] == f"{lib}:{cuda}"
-    assert "OLLAMA_LIBRARY_PATH" not in runner_environment(era_of("0.6.0"), "0.6.0", server, lib,
-                                                           cuda)
-    f = runner_environment(era_of("0.13.5"), "0.13.5", {}, lib, cuda)
-    assert f["LD_LIBRARY_PATH"] == f"{lib}:{cuda}"
-    g = runner_environment(era_of("0.31.0"), "0.31.0", server, lib, cuda)
-    assert g["GGML_BACKEND_PATH"] == f"{cuda}/libggml-cuda.so"
-    assert "OLLAMA_LIBRARY_PATH" not in g
-    assert server == {"LD_LIBRARY_PATH": "/usr/lib64", "OLLAMA_HOST": "x"}  # not modified
+LIB, CUDA = "/usr/local/lib/ollama", "/usr/local/lib/ollama/cuda_v13"
+TMP_CUDA = "/tmp/ollama1/runners/cuda_v12"
+
+
+@pytest.mark.parametrize(("version", "cuda", "path", "library_path"), [
+    # docs/ollama.md#environment-variables: the era's dirs, then the server's own value
+    ("0.1.17", TMP_CUDA, f"{TMP_CUDA}:/usr/lib64", None),
+    ("0.1.29", TMP_CUDA, "/usr/lib64", None),  # B: the server loads the backend itself
+    ("0.2.0", TMP_CUDA, f"/usr/lib64:{TMP_CUDA}", None),  # 0.1.32: the user's path first
+    ("0.3.14", TMP_CUDA, f"{LIB}:{TMP_CUDA}:/usr/lib64", None),
+    ("0.4.7", TMP_CUDA, f"{LIB}:{TMP_CUDA}:/usr/lib64", None),
+    ("0.5.7", f"{LIB}/runners/cuda_v12_avx", f"{LIB}:{LIB}/runners/cuda_v12_avx:/usr/lib64",
+     None),
+    ("0.6.0", CUDA, f"{CUDA}:{LIB}:/usr/lib64", None),  # E, before OLLAMA_LIBRARY_PATH
+    ("0.9.6", CUDA, f"{CUDA}:{LIB}:/usr/lib64", f"{LIB}:{CUDA}"),
+    ("0.13.5", CUDA, f"{LIB}:{CUDA}:/usr/lib64", f"{LIB}:{CUDA}"),
+    ("0.31.0", CUDA, f"{LIB}:{CUDA}:/usr/lib64", f"{LIB}:{CUDA}"),
+])
+def test_runner_environment_per_era(version, cuda, path, library_path):
+    server = {"LD_LIBRARY_PATH": "/usr/lib64", "OLLAMA_HOST": "x",
+              "OLLAMA_LIBRARY_PATH": "/users/own"}
+    env = runner_environment(era_of(version), version, server, LIB, cuda)
+    assert env["LD_LIBRARY_PATH"] == path
+    # 0.6.7+ overwrites the server's own value; before, the server's passes through
+    assert env["OLLAMA_LIBRARY_PATH"] == (library_path or "/users/own")
+    assert env["OLLAMA_HOST"] == "x"
+    assert ("GGML_BACKEND_PATH" in env) == (era_of(version).name == "G")
+    assert server["LD_LIBRARY_PATH"] == "/usr/lib64"  # not modified
+
+
+def test_runner_environment_of_era_g_without_a_server_path_or_install_dir():
+    g = runner_environment(era_of("0.31.0"), "0.31.0", {}, LIB, CUDA)
+    assert g["LD_LIBRARY_PATH"] == f"{LIB}:{CUDA}"  # no trailing ':' (no empty element)
+    assert g["GGML_BACKEND_PATH"] == f"{CUDA}/libggml-cuda.so"
+    own = runner_environment(era_of("0.31.0"), "0.31.0", {"GGML_BACKEND_PATH": "/b.so"}, LIB,
+                             CUDA)
+    assert own["GGML_BACKEND_PATH"] == "/b.so"
+    unknown = runner_environment(era_of("0.13.5"), "0.13.5", {"LD_LIBRARY_PATH": "/x"}, None,
+                                 CUDA)
+    assert unknown["LD_LIBRARY_PATH"] == f"{CUDA}:/x" and "OLLAMA_LIBRARY_PATH" not in unknown
+    latest = runner_environment(era_of("0.31.0"), None, {}, LIB, CUDA)  # version unknown
+    assert latest["OLLAMA_LIBRARY_PATH"] == f"{LIB}:{CUDA}"
 
 
 def test_relevant_variables_only():
@@ -331,7 +371,7 @@ def test_candidates_from_the_library_path_and_the_install(tmp_path):
                             str(lib), {})
     assert [(c.path, c.via, c.exists) for c in found] == [
         (f"{lib}/cuda_v13/libggml-cuda.so", "OLLAMA_LIBRARY_PATH of the server", True),
-        (f"{lib}/cuda_v12/libggml-cuda.so", "next to the server's executable", True),
+        (f"{lib}/cuda_v12/libggml-cuda.so", "in the install dir", True),
     ]
     g = find_candidates(HOST, era_of("0.31.0"),
                         {"runner pid 7": {"GGML_BACKEND_PATH": f"{other}/libggml-cuda.so"}},
@@ -383,3 +423,172 @@ def test_healthy_looking_context_without_a_server_fails_only_on_ollama(tmp_path)
     report = build_report(context(config=config))
     assert report.check("ollama.server").status is Status.FAIL
     assert report.check("placement.ggml_cuda").status is Status.OK
+
+
+# -- the install dir and the runner's environment without a runner ---------------------------
+
+
+def _install(base, prefix: str = "usr/local") -> str:
+    lib = base / prefix / "lib/ollama"
+    (lib / "cuda_v13").mkdir(parents=True)
+    (lib / "cuda_v13" / "libggml-cuda.so").write_bytes(b"\x7fELF")
+    return str(lib)
+
+
+def test_lib_dir_in_a_path():
+    assert lib_dir_in("/usr/local/lib/ollama") == "/usr/local/lib/ollama"
+    assert lib_dir_in("/usr/local/lib/ollama/") == "/usr/local/lib/ollama"
+    assert lib_dir_in("/usr/local/lib/ollama/cuda_v13") == "/usr/local/lib/ollama"
+    assert lib_dir_in("/usr/lib/ollama/cuda_v13/libggml-cuda.so.0") == "/usr/lib/ollama"
+    assert lib_dir_in("/opt/ollama/lib") is None  # Ollama skips dirs without lib/ollama
+    assert lib_dir_in("relative/lib/ollama") is None
+
+
+def test_install_dir_order_of_trust_env_beats_maps_beats_exe(tmp_path):
+    by_env, by_maps, by_exe = (_install(tmp_path / n) for n in ("env", "maps", "exe"))
+    exe = str(tmp_path / "exe/usr/local/bin/ollama")
+    env = {"OLLAMA_LIBRARY_PATH": f"/nowhere/lib/ollama:{tmp_path}/own:{by_env}/cuda_v13"}
+    maps = (f"{by_maps}/libggml-base.so.0",)
+    found = find_install_dir(HOST, env, maps, exe)
+    assert found.path == by_env
+    assert found.source == f"from OLLAMA_LIBRARY_PATH of the server: {by_env}/cuda_v13"
+    found = find_install_dir(HOST, {"OLLAMA_HOST": "x"}, maps, exe)
+    assert (found.path, found.source) == (by_maps, f"from the server's maps: {maps[0]}")
+    found = find_install_dir(HOST, None, None, exe)
+    assert (found.path, found.source) == (by_exe, f"from the server's executable: {exe}")
+    beside = _install(tmp_path / "beside", "opt/ollama")  # <dir>/ollama + <dir>/lib/ollama
+    assert find_install_dir(HOST, {}, (), f"{tmp_path}/beside/opt/ollama/ollama").path == beside
+    nothing = find_install_dir(HOST, {}, None, f"{tmp_path}/opt/bin/ollama")
+    assert nothing.path is None
+    assert nothing.source == ("not found: looked at OLLAMA_LIBRARY_PATH of the server (not set), "
+                              "the server's maps (unreadable), next to the server's executable "
+                              f"({tmp_path}/opt/bin/ollama)")
+
+
+def _server(env: dict[str, str] | None, exe: str) -> ServerFacts:
+    process = TrackedProcess(100, 1, time.time() - 60, 1, SERVER, "ollama", (exe, "serve"), exe,
+                             None)
+    return ServerFacts(process, ProcessEnviron(100, env), exe, None, "/", HOST, None, True, None,
+                       ())
+
+
+def test_the_runner_environment_is_derived_with_no_runner(tmp_path):
+    lib = _install(tmp_path)
+    env = {"LD_LIBRARY_PATH": "/usr/lib64", "OLLAMA_LIBRARY_PATH": f"{lib}/cuda_v13"}
+    ctx = context(server=_server(env, "/opt/ollama/bin/ollama"), version="0.31.0",
+                  era=era_of("0.31.0"))
+    derived = loader_environ(ctx, f"{lib}/cuda_v13/libggml-cuda.so", lib)
+    assert derived.variables["LD_LIBRARY_PATH"] == f"{lib}:{lib}/cuda_v13:/usr/lib64"
+    assert derived.variables["OLLAMA_LIBRARY_PATH"] == f"{lib}:{lib}/cuda_v13"
+    assert derived.whose == ("the runner's environment, derived from the server's as Ollama "
+                             "0.31.0 builds it: no runner is running")
+    assert derived.known and derived.derived == "derived from the server's: no runner is running"
+    facts = library_facts(ctx)  # the install dir comes from OLLAMA_LIBRARY_PATH, not the exe
+    assert facts is not None and facts.lib_dir == lib
+    assert facts.environ["LD_LIBRARY_PATH"] == f"{lib}:{lib}/cuda_v13:/usr/lib64"
+    assert facts.environ_derived and "derived" in facts.environ_from
+    # A runner whose environment is readable is the truth; one that is not is said so.
+    runner = ProcessEnviron(200, {"LD_LIBRARY_PATH": "/r"})
+    assert loader_environ(replace(ctx, runner_environs={200: runner}), None, lib).whose == \
+        "runner pid 200"
+    unknown = loader_environ(replace(ctx, server=_server(None, "/x"), version=None,
+                                     era=None), f"{lib}/cuda_v13/libggml-cuda.so", None)
+    assert not unknown.known
+    assert unknown.whose == ("the runner's environment, derived from an assumed server "
+                             "environment (the server's could not be read) as Ollama of era G "
+                             "(0.30.0 to 0.33.x) (the version is unknown) builds it: no runner is "
+                             "running (the install dir was not found: its dirs are left out)")
+    assert unknown.variables["LD_LIBRARY_PATH"] == f"{lib}/cuda_v13"
+
+
+def _llm_ctx(lib_dir: str | None, source: str = "from OLLAMA_LIBRARY_PATH of the server: x"):
+    facts = LibraryFacts(lib_dir, (), (), {}, "", True, None, lib_dir_from=source)
+    return context(version="0.31.0", era=era_of("0.31.0"), libraries=facts)
+
+
+def test_llm_library_is_checked_against_the_install_dir_found(tmp_path):
+    lib = _install(tmp_path)
+    check = environment.llm_library(_llm_ctx(lib), "cuda_v13", HOST)
+    assert check.status is Status.OK and f"({lib}/cuda_v13)" in check.finding
+    assert check.evidence == (f"install dir: {lib} (from OLLAMA_LIBRARY_PATH of the server: x)",)
+    wrong = environment.llm_library(_llm_ctx(lib), "cuda_v99", HOST)
+    assert wrong.status is Status.FAIL and "names no dir of the install" in wrong.finding
+    assert f"looked for {lib}/cuda_v99" in wrong.evidence and "dirs there: cuda_v13" in \
+        wrong.evidence
+    # Not knowing the install dir is not evidence that the dir is missing.
+    unknown = environment.llm_library(_llm_ctx(None, "not found: looked at …"), "cuda_v13", HOST)
+    assert unknown.status is Status.WARN and "names no dir" not in unknown.finding
+    assert unknown.evidence == ("install dir: not found: looked at …",)
+
+
+# -- a crash inside a shim leads the report ------------------------------------------------------
+
+
+def _kernel(message: str) -> KernelLog:
+    segfault = parse_segfault(message)
+    assert segfault is not None
+    return KernelLog((KernelRecord(time.time() - 5, message, segfault=segfault),))
+
+
+SHIM_FAULT = ("llama-server[4242]: segfault at 0 ip 00007f6e55c1935c sp 00007fffabab0eb8 "
+              "error 6 in libvgpu-cuda.so[135c,7f6e55c19000+1000]")
+
+
+def test_a_fault_inside_a_shim_fails_and_leads_the_summary():
+    check = kernel.crashes(context(kernel=_kernel(SHIM_FAULT)))
+    assert check.status is Status.FAIL
+    assert "inside the vGPU shim libvgpu-cuda.so (vgpu-cuda)" in check.finding
+    assert SHIM_FAULT in check.finding
+    other = kernel.crashes(context(kernel=_kernel(SHIM_FAULT.replace("libvgpu-cuda", "libfoo"))))
+    assert other.status is Status.WARN  # not a shim: a warning, as before
+    report = Report(
+        (Section("Libraries", (fail("libraries.dependencies", "libggml-base.so.0 does not "
+                                    "resolve", "fix"),)),
+         Section("Kernel", (check,))),
+        generated_at=0.0, lead=("kernel.crashes",))
+    assert [c.id for c in report.failures] == ["kernel.crashes", "libraries.dependencies"]
+    summary = render_text(report).split("Summary:", 1)[1].splitlines()
+    assert summary[1] == f"Most likely cause: kernel.crashes: {check.finding}"
+    assert summary[3].startswith("  kernel.crashes: ")
+    assert Report.from_dict(json.loads(render_json(report))) == report
+
+
+def test_build_report_leads_with_the_shim_fault(tmp_path):
+    config = replace(Config(), procfs=str(tmp_path))
+    report = build_report(context(config=config, kernel=_kernel(SHIM_FAULT)))
+    assert report.lead == ("kernel.crashes",)
+    assert report.failures[0].id == "kernel.crashes"
+    assert build_report(context(config=config)).lead == ()
+
+
+# -- the consistency helper of the scenario tests ----------------------------------------------
+
+
+def test_contradictions_find_a_dir_said_missing_that_another_check_found():
+    lib = "/usr/local/lib/ollama"
+    report = Report((Section("S", (
+        fail("env.OLLAMA_LLM_LIBRARY", "OLLAMA_LLM_LIBRARY=cuda_v13 names no dir of the "
+             "install", "fix", [f"looked for {lib}/cuda_v13", "dirs there: cuda_v13"]),
+        ok("libraries.ggml_cuda", f"{lib}/cuda_v13/libggml-cuda.so (OLLAMA_LIBRARY_PATH of the "
+           "server)", [f"{lib}/cuda_v13/libggml-cuda.so (OLLAMA_LIBRARY_PATH of the server): "
+                       "found", f"install dir: {lib} (from the server's maps: x)"]),
+    )),), 0.0)
+    assert contradictions(report) == [
+        f"env.OLLAMA_LLM_LIBRARY says {lib}/cuda_v13 is missing, but libraries.ggml_cuda found "
+        f"{lib}/cuda_v13/libggml-cuda.so"]
+    with pytest.raises(AssertionError, match="contradicts itself"):
+        assert_consistent(report)
+    fine = Report((Section("S", (
+        fail("env.OLLAMA_LLM_LIBRARY", "x", "fix", [f"looked for {lib}/cuda_v99"]),
+        ok("libraries.dependencies", "all resolve", [
+            f"libcudart.so.13 -> {lib}/cuda_v13/libcudart.so.13 (found through LD_LIBRARY_PATH)",
+            f"libggml-base.so.0 (needed by {lib}/cuda_v13/libggml-cuda.so): NOT FOUND: gone"]),
+        warn("env.LD_LIBRARY_PATH", "x", "fix", [f"missing: {lib}/cuda_v13/gone"]),
+    )),), 0.0)
+    assert contradictions(fine) == []
+    dependent = Report((Section("S", (
+        ok("libraries.dependencies", "all resolve", [
+            f"libcudart.so.13 -> {lib}/cuda_v13/libcudart.so.13 (found through runpath)"]),
+        warn("env.LD_LIBRARY_PATH", "x", "fix", [f"missing: {lib}/cuda_v13"]),
+    )),), 0.0)
+    assert len(contradictions(dependent)) == 1

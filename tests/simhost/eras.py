@@ -219,7 +219,7 @@ class Era:
         dirs = [os.path.join(root, d) for d in self.runner_lib_dirs(gpu)]
         inherited = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = ":".join(dirs + ([inherited] if inherited else []))
-        if self.at_least("0.6.7") and self.name != "G":
+        if self.at_least("0.6.7"):  # 0.30+ still sets it; llama-server does not read it
             env["OLLAMA_LIBRARY_PATH"] = ":".join(
                 os.path.join(root, d) for d in ([LIB_OLLAMA, self.cuda_dir] if gpu
                                                 else [LIB_OLLAMA]))

@@ -148,7 +148,7 @@ def test_runner_environment(era_host):
     assert dirs[0] == str(first) and dirs[-1] == str(host.lib64)  # ours first, then inherited
     gpu = "GPU-076afa50-fc31-49ca-be1d-f9e53480fe75"
     assert env.get("CUDA_VISIBLE_DEVICES") == (None if host.era.name == "F" else gpu)
-    assert ("OLLAMA_LIBRARY_PATH" in env) == (host.era.name in ("E", "F"))
+    assert ("OLLAMA_LIBRARY_PATH" in env) == (host.era.name in ("E", "F", "G"))
     if host.era.name == "G":
         assert env["GGML_BACKEND_PATH"] == str(host.ggml_cuda)
     assert _environ(server.pid)["OLLAMA_HOST"] == f"127.0.0.1:{server.port}"

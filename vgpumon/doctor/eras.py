@@ -8,10 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from vgpumon.config.schema import RUNNER, SERVER
 from vgpumon.ollama.versions import version_tuple
-
-RUNNER = "runner"
-SERVER = "server"
 
 
 @dataclass(frozen=True)
@@ -87,25 +85,34 @@ def at_least(version: str | None, minimum: str) -> bool:
 
 
 def runner_environment(era: Era, version: str | None, server_env: Mapping[str, str],
-                       lib_dir: str, cuda_dir: str | None) -> dict[str, str]:
+                       lib_dir: str | None, cuda_dir: str | None) -> dict[str, str]:
     """The relevant variables a model runner of `era` gets from the server
-    (docs/ollama.md#environment-variables): the server's own, with the era's library dirs in
-    front of ``LD_LIBRARY_PATH`` and
-    ``OLLAMA_LIBRARY_PATH``/``GGML_BACKEND_PATH`` as Ollama sets them."""
+    (docs/ollama.md#environment-variables, docs/ollama.md#bundled-and-system-libraries): the
+    server's own, with the era's library dirs in front of ``LD_LIBRARY_PATH`` (the server's
+    own value after them) and ``OLLAMA_LIBRARY_PATH``/``GGML_BACKEND_PATH`` as Ollama sets
+    them. `lib_dir` is ``<prefix>/lib/ollama`` (None: not known, left out), `cuda_dir` the
+    dir of the CUDA backend the runner loads (the extracted runner dir before 0.5.2)."""
     env = dict(server_env)
     inherited = env.get("LD_LIBRARY_PATH")
-    if era.name == "E":
+    after = [inherited] if inherited else []
+    name = era.name
+    if name == "B":
+        return env  # the server loads the backend itself: its own environment is the one
+    if name == "E":
         dirs = [d for d in (cuda_dir, lib_dir) if d]
-    elif era.name in ("F", "G"):
+    elif name in ("F", "G"):
         dirs = [d for d in (lib_dir, cuda_dir) if d]
-    elif era.name == "B":
-        dirs = []  # the server loads the backend itself: its own environment is the one
+    elif name == "C" and not at_least(version, "0.3.0"):
+        dirs, after = [], after + ([cuda_dir] if cuda_dir else [])  # 0.1.32: the user's first
+    elif name in ("C", "D1", "D2"):
+        dirs = [d for d in (lib_dir, cuda_dir) if d]  # lib/ollama (0.3.7+) holds cudart
     else:
         dirs = [cuda_dir] if cuda_dir else []
-    if dirs:
-        env["LD_LIBRARY_PATH"] = ":".join(dirs + ([inherited] if inherited else []))
-    if era.name in ("E", "F") and cuda_dir and at_least(version, "0.6.7"):
-        env["OLLAMA_LIBRARY_PATH"] = ":".join([lib_dir, cuda_dir])
-    if era.name == "G" and cuda_dir and "GGML_BACKEND_PATH" not in env:
+    if dirs or after:
+        env["LD_LIBRARY_PATH"] = ":".join(dirs + after)
+    if name in ("E", "F", "G") and lib_dir and at_least(version or LATEST.first, "0.6.7"):
+        # The server's own value is overwritten: the runner scans exactly these.
+        env["OLLAMA_LIBRARY_PATH"] = ":".join(d for d in (lib_dir, cuda_dir) if d)
+    if name == "G" and cuda_dir and "GGML_BACKEND_PATH" not in env:
         env["GGML_BACKEND_PATH"] = f"{cuda_dir}/libggml-cuda.so"
     return env

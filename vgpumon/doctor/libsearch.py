@@ -3,7 +3,7 @@
 The candidates come from the places Ollama itself looks (docs/ollama.md#install-layout,
 docs/ollama.md#environment-variables): the file a runner has mapped, ``GGML_BACKEND_PATH``,
 the ``OLLAMA_LIBRARY_PATH`` dirs, and
-``lib/ollama/cuda_v*`` next to the server's executable. Each one found is resolved with
+``cuda_v*`` in the install dir (`find_install_dir`). Each one found is resolved with
 `vgpumon.doctor.loader.ldresolve` in the environment a runner gets, through the server's
 `FileView`, and
 ``libcuda.so.1`` is followed to the file it lands on: the vGPU shim or not.
@@ -14,11 +14,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from vgpumon.doctor.eras import LATEST, Era
-from vgpumon.doctor.loader.elf import ElfError, read_elf
 from vgpumon.doctor.loader.ldresolve import (
     FileId,
     LoaderEnvironment,
@@ -28,9 +27,11 @@ from vgpumon.doctor.loader.ldresolve import (
     resolve_name,
     shim_resolution,
 )
+from vgpumon.linux.elf import ElfError, read_elf
 from vgpumon.linux.paths import FileView
 
 LIBCUDA = "libcuda.so.1"
+LIB_OLLAMA = "lib/ollama"
 MAX_RESOLVED = 4  # candidates resolved; a host has one or two CUDA dirs
 
 
@@ -55,12 +56,64 @@ class LibraryResolution:
 
 def install_lib_dir(view: FileView, executable: str | None) -> str | None:
     """``<prefix>/lib/ollama`` for ``<prefix>/bin/ollama`` (tarball ``/usr/local``, Docker
-    ``/usr``), if it exists in `view`."""
+    ``/usr``), else ``lib/ollama`` beside the executable, as Ollama looks on Linux; the first
+    that exists in `view`."""
     if not executable:
         return None
-    prefix = posixpath.dirname(posixpath.dirname(executable))
-    candidate = posixpath.join(prefix, "lib", "ollama")
-    return candidate if _is_dir(view, candidate) else None
+    exe_dir = posixpath.dirname(executable)
+    for candidate in (posixpath.join(posixpath.dirname(exe_dir), LIB_OLLAMA),
+                      posixpath.join(exe_dir, LIB_OLLAMA)):
+        if _is_dir(view, candidate):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class InstallDir:
+    """The server's ``<prefix>/lib/ollama`` and the fact that decided it (``from …``, for
+    evidence), or None and where the doctor looked (``not found: …``)."""
+
+    path: str | None
+    source: str
+
+
+def lib_dir_in(path: str) -> str | None:
+    """The ``…/lib/ollama`` dir that `path` is or lies in (``<lib dir>``,
+    ``<lib dir>/cuda_v13``, ``<lib dir>/cuda_v13/libggml-cuda.so``), else None: Ollama itself
+    skips library dirs whose path does not contain ``lib/ollama``."""
+    path = posixpath.normpath(path)
+    if not path.startswith("/"):
+        return None
+    if path.endswith("/" + LIB_OLLAMA):
+        return path
+    at = path.rfind("/" + LIB_OLLAMA + "/")
+    return path[: at + len(LIB_OLLAMA) + 1] if at >= 0 else None
+
+
+def find_install_dir(view: FileView, server_env: Mapping[str, str] | None,
+                     mapped: Sequence[str] | None, executable: str | None) -> InstallDir:
+    """``<prefix>/lib/ollama`` of the server's install, from the most telling fact first
+    (docs/ollama.md#install-layout): an ``OLLAMA_LIBRARY_PATH`` entry of the server's
+    environment (``<lib dir>`` or ``<lib dir>/cuda_vNN``), a file under it in the server's
+    maps (None: unreadable), then the executable (``<prefix>/bin/ollama``), which may live
+    elsewhere (a copy, a wrapper) while the other two say where the install is."""
+    value = (server_env or {}).get("OLLAMA_LIBRARY_PATH")
+    for entry in _dirs(value):
+        found = lib_dir_in(entry)
+        if found and _is_dir(view, found):
+            return InstallDir(found, f"from OLLAMA_LIBRARY_PATH of the server: {entry}")
+    for path in mapped or ():
+        found = lib_dir_in(path)
+        if found and _is_dir(view, found):
+            return InstallDir(found, f"from the server's maps: {path}")
+    found = install_lib_dir(view, executable)
+    if found:
+        return InstallDir(found, f"from the server's executable: {executable}")
+    looked = ["OLLAMA_LIBRARY_PATH of the server" + ("" if value else " (not set)"),
+              "the server's maps" + (" (unreadable)" if mapped is None
+                                     else "" if mapped else " (no lib/ollama file mapped)"),
+              f"next to the server's executable ({executable or 'unknown'})"]
+    return InstallDir(None, f"not found: looked at {', '.join(looked)}")
 
 
 def glob_in_view(view: FileView, pattern: str) -> list[str]:
@@ -116,7 +169,7 @@ def find_candidates(view: FileView, era: Era | None, environs: Mapping[str, Mapp
         if "{lib}" in pattern and lib_dir is None:
             continue
         for path in glob_in_view(view, pattern.format(lib=lib_dir or "", tmp=tmp)):
-            add(path, "next to the server's executable" if "{lib}" in pattern
+            add(path, "in the install dir" if "{lib}" in pattern
                 else "extracted under $TMPDIR")  # the value is used, never shown
     return tuple(found.values())
 

@@ -113,6 +113,9 @@ class Report:
     config: str = ""
     version: str = ""
     facts: Mapping[str, Any] = field(default_factory=dict)  # server pid, Ollama version, era
+    # Ids of failed checks that explain other failures of the report (a crash inside a shim
+    # explains the loads that fail after it): the summary names them first.
+    lead: tuple[str, ...] = ()
 
     @property
     def checks(self) -> tuple[Check, ...]:
@@ -123,6 +126,13 @@ class Report:
 
     def with_status(self, *statuses: Status) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.status in statuses)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        """The failed checks, the `lead` ones first, then the others in report order."""
+        failed = self.with_status(Status.FAIL)
+        first = [c for i in self.lead for c in failed if c.id == i]
+        return (*first, *(c for c in failed if c.id not in self.lead))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -143,6 +153,7 @@ class Report:
             "config": self.config,
             "facts": dict(self.facts),
             "summary": self.counts,
+            "lead": list(self.lead),
             "exit_code": self.exit_code,
             "sections": [s.to_dict() for s in self.sections],
         }
@@ -156,4 +167,5 @@ class Report:
             config=str(data.get("config", "")),
             version=str(data.get("vgpumon_version", "")),
             facts=dict(data.get("facts") or {}),
+            lead=tuple(str(i) for i in data.get("lead") or ()),
         )

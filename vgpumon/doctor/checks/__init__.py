@@ -29,5 +29,10 @@ class CheckModule(Protocol):
     def checks(self, ctx: DoctorContext) -> list[Check]: ...
 
 
+# Checks whose failure explains other failures of the same report, most telling first: a
+# fault inside a shim in the kernel log explains a runner gone and any load that fails after
+# it. The report leads with them (`Report.lead`).
+ROOT_CAUSES: tuple[str, ...] = ("kernel.crashes",)
+
 SECTIONS: tuple[CheckModule, ...] = (access, ollama, environment, shims, libraries, loadtest,
                                      placement, log, kernel, model)

@@ -15,7 +15,7 @@ from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST, at_least
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
-from vgpumon.doctor.text import listing, plural
+from vgpumon.doctor.text import listing, plural, variable
 from vgpumon.linux.paths import FileView
 from vgpumon.model import events as ev
 
@@ -48,7 +48,7 @@ def server_environment(ctx: DoctorContext) -> Check:
     if environ.variables is None:
         return warn("env.server", f"the server's environment is unknown: {environ.error}",
                     remedy("environ"))
-    shown = [f"{k}={v}" for k, v in environ.variables.items()]
+    shown = [variable(k, v) for k, v in environ.variables.items()]
     return ok("env.server", f"pid {environ.pid}: {plural(len(shown), 'relevant variable')} set "
               "(OLLAMA_*, LD_PRELOAD, LD_LIBRARY_PATH, CUDA_VISIBLE_DEVICES, GGML_BACKEND_PATH; "
               "others are not shown)", shown or ["none of them is set"])
@@ -127,29 +127,38 @@ def ld_library_path(ctx: DoctorContext, env: Mapping[str, str], view: FileView) 
 
 
 def llm_library(ctx: DoctorContext, value: str, view: FileView) -> Check:
+    """Checked against the install dir `context.library_facts` found (OLLAMA_LIBRARY_PATH,
+    the server's maps, its executable): the same dir every other check of the report uses."""
     version = ctx.version
-    lib_dir = ctx.libraries.lib_dir if ctx.libraries else None
+    facts = ctx.libraries
+    lib_dir = facts.lib_dir if facts else None
     if value.startswith("cpu"):
         return warn("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value} forces the CPU: no "
                     "model will use a GPU", f"unset it; {EDIT}")
     if version is not None and not at_least(version, "0.5.8"):
         return ok("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value}: Ollama {version} "
                   "uses only that runner variant")
-    where = posixpath.join(lib_dir, value) if lib_dir else None
     strict = at_least(version, "0.12.4") if version else True
-    if where is None or not _is_dir(view, where):
-        effect = ("GPU discovery skips every other library dir, so no GPU is found"
-                  if strict else "it is only a preference, so other dirs are still tried")
-        action = f"set it to the name of a dir in {lib_dir or 'lib/ollama'} (e.g. cuda_v12) " \
-                 f"or unset it; {EDIT}"
-        evidence = [f"looked for {where or value + ' (the install dir is unknown)'}"]
-        if lib_dir:
-            evidence.append(f"dirs there: {listing(_subdirs(view, lib_dir), 8)}")
+    effect = ("GPU discovery skips every other library dir, so no GPU is found"
+              if strict else "it is only a preference, so other dirs are still tried")
+    if lib_dir is None:
+        why = facts.lib_dir_from if facts else "the library facts were not gathered"
+        return warn("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value}: the install dir "
+                    "was not found, so whether it names one of its dirs is unknown (if not, "
+                    f"{effect})", f"check that <prefix>/lib/ollama/{value} exists, or unset "
+                    f"it; {EDIT}", [f"install dir: {why}"])
+    where = posixpath.join(lib_dir, value)
+    found_by = f"install dir: {lib_dir} ({facts.lib_dir_from})" if facts else ""
+    if not _is_dir(view, where):
+        action = f"set it to the name of a dir in {lib_dir} (e.g. cuda_v12) or unset it; {EDIT}"
+        evidence = [f"looked for {where}", found_by,
+                    f"dirs there: {listing(_subdirs(view, lib_dir), 8)}"]
         make = fail if strict else warn
         return make("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value} names no dir of "
                     f"the install: {effect}", action, evidence)
     effect = ("discovery uses only this dir" if strict else "this dir is tried first")
-    return ok("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value}: {effect} ({where})")
+    return ok("env.OLLAMA_LLM_LIBRARY", f"OLLAMA_LLM_LIBRARY={value}: {effect} ({where})",
+              [found_by])
 
 
 def visible(ctx: DoctorContext, value: str, view: FileView) -> Check:

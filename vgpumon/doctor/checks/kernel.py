@@ -3,9 +3,12 @@ started (a Go runner's crash in cgo code is not logged there: Go handles the sig
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
+
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.privileges import is_permission_problem, remedy
-from vgpumon.doctor.report import Check, ok, skip, warn
+from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import plural, when
 
 TITLE = "Kernel"
@@ -42,7 +45,33 @@ def crashes(ctx: DoctorContext) -> Check:
             f" (in {', '.join(libraries)})" if libraries else ""))
     if ooms:
         parts.append(plural(len(ooms), "OOM kill"))
+    in_shims = [r for r in segfaults if r.segfault is not None
+                and shim_of(ctx, r.segfault.library) is not None]
+    if in_shims:
+        # The crash itself, not a symptom: loads that fail after it (a runner gone, a derived
+        # environment) follow from it, so the report leads with this check.
+        last = in_shims[-1]
+        library = last.segfault.library if last.segfault else None
+        return fail("kernel.crashes", f"the kernel logged a fatal fault inside the vGPU shim "
+                    f"{library} ({shim_of(ctx, library)}): {last.message}",
+                    "the shim crashed the process that loaded it: report it to the shim's "
+                    "vendor with the kernel record and the shim's version; until it is fixed, "
+                    "models on this host fail to load on the GPU", evidence)
     return warn("kernel.crashes", f"the kernel logged {' and '.join(parts)} of Ollama processes "
                 f"since {when(since)}",
                 "a fault inside a shim or libggml-cuda.so points at the vGPU stack; an OOM kill "
                 "means the host (or the unit's cgroup) ran out of memory", evidence)
+
+
+def shim_of(ctx: DoctorContext, library: str | None) -> str | None:
+    """The configured shim whose file the kernel named (a basename: ``libvgpu-cuda.so``)."""
+    if not library:
+        return None
+    for spec in ctx.config.libraries:
+        if spec.name not in ctx.config.shims:
+            continue
+        if spec.path and posixpath.basename(spec.path) == library:
+            return spec.name
+        if spec.glob and fnmatch.fnmatchcase(library, spec.glob):
+            return spec.name
+    return None

@@ -14,7 +14,7 @@ from vgpumon.doctor.libsearch import LIBCUDA, LibraryResolution, search_patterns
 from vgpumon.doctor.loader.ldresolve import Dependency, Step
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain
-from vgpumon.doctor.text import listing, plural
+from vgpumon.doctor.text import listing, plural, variable
 
 TITLE = "Libraries"
 
@@ -37,7 +37,8 @@ def backend(ctx: DoctorContext) -> Check:
     facts = ctx.libraries
     evidence = [f"{c.path} ({c.via}): {'found' if c.exists else 'missing'}"
                 for c in facts.candidates]
-    evidence.append(f"install dir: {facts.lib_dir or 'not found next to ' + str(ctx.server.exe)}")
+    evidence.append(f"install dir: {facts.lib_dir} ({facts.lib_dir_from})" if facts.lib_dir
+                    else f"install dir: {facts.lib_dir_from}")
     existing = [c for c in facts.candidates if c.exists]
     if not existing:
         looked = [c.path for c in facts.candidates] + search_patterns(ctx.era, facts.lib_dir)
@@ -58,10 +59,13 @@ def dependencies(ctx: DoctorContext) -> Check:
     if not results:
         return skip("libraries.dependencies", "no CUDA backend library found to resolve")
     env = ctx.libraries
-    header = [f"resolved as ld.so would, with {env.environ_from}: "
-              + (", ".join(f"{k}={v}" for k, v in env.environ.items()
-                           if k in ("LD_LIBRARY_PATH", "LD_PRELOAD")) or "no LD_* variables"),
+    header = [f"resolved as ld.so would, with {env.environ_from}",
+              "variables: " + (", ".join(variable(k, v) for k, v in env.environ.items()
+                                         if k in ("LD_LIBRARY_PATH", "LD_PRELOAD"))
+                               or "no LD_* variables"),
               f"program: {env.executable or 'none (the library alone)'}", *env.notes]
+    derived = f" (with the runner's environment {env.environ_derived})" \
+        if env.environ_derived else ""
     problems, evidence = [], list(header)
     for result in results:
         if result.resolution is None:
@@ -72,13 +76,14 @@ def dependencies(ctx: DoctorContext) -> Check:
     if problems:
         return fail("libraries.dependencies",
                     f"{plural(len(problems), 'library', 'libraries')} the CUDA backend needs "
-                    f"{'does' if len(problems) == 1 else 'do'} not resolve: {problems[0]}",
+                    f"{'does' if len(problems) == 1 else 'do'} not resolve: {problems[0]}"
+                    f"{derived}",
                     "put the missing library where the loader looks (the backend's own dir: "
                     "Ollama bundles cudart and cublas there), or reinstall Ollama's CUDA "
                     "libraries; a runner that cannot load it runs on the CPU", problems + evidence)
     total = sum(len({d.name for d in _needed(r)}) for r in results)
     return ok("libraries.dependencies", f"all {plural(total, 'dependency', 'dependencies')} of "
-              f"{listing([r.path for r in results])} resolve", evidence)
+              f"{listing([r.path for r in results])} resolve{derived}", evidence)
 
 
 def libcuda(ctx: DoctorContext) -> Check:
