@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from vgpumon.model.untrusted import clip
+
+# How much of an environment variable's value the report shows: a process sets its own
+# environment, and a report of 128 KiB values helps nobody; real values (LD_LIBRARY_PATH
+# with a few dirs) fit (docs/reliability.md).
+VALUE_CHARS = 1024
+
 
 def when(ts: float) -> str:
     """``2025-06-10 08:15:02 UTC``."""
@@ -51,3 +58,8 @@ def listing(items: list[str], limit: int = 4) -> str:
     if len(items) > limit:
         items = [*items[:limit], f"{len(items) - limit} more"]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def variable(name: str, value: str) -> str:
+    """``NAME=value`` as the report shows it: the value clipped to `VALUE_CHARS`."""
+    return f"{name}={clip(value, VALUE_CHARS)}"

@@ -32,6 +32,8 @@ from vgpumon import __version__
 from vgpumon.http.auth import CHALLENGE
 from vgpumon.http.exposition import ExpositionCache
 from vgpumon.http.webconfig import WebAccess
+from vgpumon.model.untrusted import clip
+from vgpumon.snapshot.host import ProcessState
 from vgpumon.snapshot.publication import Published, Publisher
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.address_family = family
         self.registry = registry
         self.exposition = ExpositionCache()
+        self.state_cache = StateCache()
         self.publisher = publisher
         self.access = access or WebAccess.plain()
         super().__init__(address, ExporterHandler)
@@ -194,7 +197,8 @@ class ExporterHandler(BaseHTTPRequestHandler):
                        f"loop stalled: last tick {age:.1f}s ago\n".encode())
 
     def _state(self, published: Published, _query: dict[str, list[str]]) -> None:
-        self._send_json(state_document(published))
+        body, gzipped = self.server.state_cache.get(published)
+        self._send(200, "application/json", body, compressible=True, gzipped=gzipped)
 
     def _events(self, published: Published, query: dict[str, list[str]]) -> None:
         events = published.recent_events
@@ -228,10 +232,11 @@ class ExporterHandler(BaseHTTPRequestHandler):
         self._send(status, "text/plain; charset=utf-8", text.encode(), headers=headers)
 
     def _send(self, status: int, content_type: str, body: bytes, *,
-              compressible: bool = False, headers: dict[str, str] | None = None) -> None:
+              compressible: bool = False, headers: dict[str, str] | None = None,
+              gzipped: Callable[[], bytes] | None = None) -> None:
         headers = {"Content-Type": content_type, **(headers or {})}
         if compressible and "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=5)
+            body = gzipped() if gzipped is not None else gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         self.send_response(status)
         for name, value in headers.items():
@@ -242,20 +247,77 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class StateCache:
+    """/state's body, built once per `Published` and served to every request while that
+    object is current: what a process hands vgpumon is encoded once, not once per request
+    (docs/reliability.md#untrusted-text). Readers race harmlessly: two threads may both build
+    the body of a new snapshot; each swaps in a complete entry (one reference)."""
+
+    def __init__(self) -> None:
+        self._entry: _StateEntry | None = None
+
+    def get(self, published: Published) -> tuple[bytes, Callable[[], bytes]]:
+        """The JSON body, and a function that returns it gzipped (compressed once too)."""
+        entry = self._entry
+        if entry is None or entry.published is not published:
+            body = json.dumps(state_document(published), indent=1, default=str).encode()
+            entry = _StateEntry(published, body)
+            self._entry = entry
+        return entry.body, entry.gzipped
+
+
+class _StateEntry:
+    def __init__(self, published: Published, body: bytes):
+        self.published = published
+        self.body = body
+        self._gzipped: bytes | None = None
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.body, compresslevel=5)
+        return self._gzipped
+
+
+# What /state shows of one process's library mappings: a process chooses how many files it
+# maps (any that match a configured glob count), and their paths.
+STATE_MAPPINGS = 32
+STATE_PATH_CHARS = 1024
+
+
+def _process_document(state: ProcessState) -> dict[str, Any]:
+    libraries = state.libraries
+    shown = tuple(dataclasses.replace(m, path=clip(m.path, STATE_PATH_CHARS))
+                  for m in libraries.mappings[:STATE_MAPPINGS])
+    document = {**dataclasses.asdict(state.process),
+                "libraries": dataclasses.asdict(dataclasses.replace(libraries, mappings=shown))}
+    if len(libraries.mappings) > STATE_MAPPINGS:
+        document["libraries"]["mappings_omitted"] = len(libraries.mappings) - STATE_MAPPINGS
+    return document
+
+
 def state_document(published: Published) -> dict[str, Any]:
-    """The snapshot as plain JSON-able data (for /state)."""
+    """The snapshot as plain JSON-able data (for /state). Per process it is bounded: the
+    command line and --model value as kept (`vgpumon.sources.processes.CMDLINE_KEEP`), at
+    most `STATE_MAPPINGS` library mappings with paths clipped to `STATE_PATH_CHARS`."""
     state = published.state
     return {
         "taken_at": state.taken_at,
-        "processes": [
-            {**dataclasses.asdict(p.process), **{"libraries": dataclasses.asdict(p.libraries)}}
-            for p in state.processes
-        ],
+        "processes": [_process_document(p) for p in state.processes],
         "links": [dataclasses.asdict(link) for link in state.links],
         "library_files": [dataclasses.asdict(f) for f in state.library_files],
         "collectors": [dataclasses.asdict(c) for c in state.collectors],
         "runtime": dataclasses.asdict(published.runtime),
     }
+
+
+def _process_row(state: ProcessState) -> str:
+    process = state.process
+    libraries = ", ".join(sorted({m.library for m in state.libraries.mappings})) or "-"
+    notes = [f"bypasses {b.shim or 'the shim'}: {b.why}" for b in state.bypasses]
+    notes += [f"preload of {library} failed" for library in state.preload_failed]
+    return (f"<tr><td>{process.pid}</td><td>{_e(process.group)}</td>"
+            f"<td>{_e(' '.join(process.cmdline)[:200])}</td>"
+            f"<td>{_e('; '.join([libraries, *notes]))}</td></tr>")
 
 
 def landing_page(published: Published) -> str:
@@ -268,10 +330,14 @@ def landing_page(published: Published) -> str:
         for spec in config.libraries:
             mapped = sum(1 for m in readable if m.libraries.mapped(spec.name))
             stale = sum(1 for m in readable if m.libraries.stale(spec.name))
-            expected = spec.name in group.expect
-            css = "bad" if expected and mapped < len(readable) else "ok" if mapped else ""
+            expecting = [m for m in readable if any(e.library == spec.name for e in m.expected)]
+            lacking = sum(1 for m in expecting if not m.libraries.mapped(spec.name))
+            because = sorted({e.because for m in expecting for e in m.expected
+                              if e.library == spec.name})
+            css = "bad" if lacking else "ok" if mapped else ""
             text = f"{mapped}/{len(readable)}" + (f" ({stale} stale)" if stale else "")
-            cells.append(f'<td class="{css}">{text}{"*" if expected else ""}</td>')
+            mark = f"* ({_e(', '.join(because))})" if because else ""
+            cells.append(f'<td class="{css}">{text}{mark}</td>')
         unreadable = len(members) - len(readable)
         rows.append(
             f"<tr><th>{_e(group.name)}</th><td>{len(members)}</td><td>{unreadable}</td>"
@@ -284,12 +350,7 @@ def landing_page(published: Published) -> str:
         f"<td>{_e(link.target or '')}</td><td>{_e(link.expected)}</td></tr>"
         for link in state.links
     )
-    process_rows = "".join(
-        f"<tr><td>{p.process.pid}</td><td>{_e(p.process.group)}</td>"
-        f"<td>{_e(' '.join(p.process.cmdline)[:200])}</td>"
-        f"<td>{_e(', '.join(sorted({m.library for m in p.libraries.mappings})) or '-')}</td></tr>"
-        for p in state.processes
-    )
+    process_rows = "".join(_process_row(p) for p in state.processes)
     collector_rows = "".join(
         f'<tr><td>{_e(c.name)}</td><td class="{"ok" if c.success else "bad"}">'
         f"{'ok' if c.success else _e(c.error or 'failed')}</td>"
@@ -325,7 +386,8 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 <a href="/events">/events</a> · <a href="/healthz">/healthz</a>.
 Process exits observed through: {mechanism}.</p>
 <h2>Groups and libraries</h2>
-<p>Cells: processes mapping the library / readable processes; * = expected (expect:).</p>
+<p>Cells: processes mapping the library / readable processes; * = expected, and why
+(config, preload, ld_so_preload, link, backend).</p>
 <table><tr><th>group</th><th>processes</th><th>unreadable</th>{library_heads}</tr>
 {group_rows}</table>
 <h2>Shim links</h2>

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import overload
 
 DELETED_SUFFIX = " (deleted)"
+# How much of /proc/PID/cmdline is read: every configured pattern is matched against this
+# prefix, and no real Ollama command line comes near it (docs/reliability.md#untrusted-text).
+CMDLINE_LIMIT = 64 * 1024
 
 
 class ProcParseError(ValueError):
@@ -258,8 +261,10 @@ class ProcFS:
     def stat(self, pid: int) -> ProcStat:
         return parse_stat(read_whole_record(self.path(pid, "stat")))
 
-    def cmdline(self, pid: int) -> tuple[str, ...]:
-        return parse_cmdline(read_whole_record(self.path(pid, "cmdline")))
+    def cmdline(self, pid: int, limit: int = CMDLINE_LIMIT) -> tuple[str, ...]:
+        """argv, read no further than `limit` bytes: a process chooses its argv (up to about
+        2 MiB), and what it chose is never read whole (docs/reliability.md#untrusted-text)."""
+        return parse_cmdline(read_whole_record(self.path(pid, "cmdline"), limit=limit))
 
     def exe(self, pid: int) -> str:
         return os.readlink(self.path(pid, "exe"))
@@ -280,19 +285,27 @@ class ProcFS:
         return self.boot_time() + start_ticks / self.clock_ticks
 
 
-def read_whole_record(path: str, chunk: int = 4096) -> bytes:
+def read_whole_record(path: str, chunk: int = 4096, limit: int | None = None) -> bytes:
     """A /proc file the kernel prints in one go (``stat``, ``cmdline``): a read that returns
     less than asked is the end, so the usual second read (for the 0 of the end) is saved. It
     is not nothing: for a process exec'ing or exiting on another CPU, each read waits for its
-    memory map, and every exec on the host is classified."""
+    memory map, and every exec on the host is classified. With `limit`, at most that many
+    bytes (the first ones) are read."""
+    if limit is not None:
+        chunk = min(chunk, limit)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, chunk)
         if len(data) < chunk:
             return data
         parts = [data]
-        while part := os.read(fd, 1 << 16):
+        size = len(data)
+        while limit is None or size < limit:
+            part = os.read(fd, 1 << 16 if limit is None else min(1 << 16, limit - size))
+            if not part:
+                break
             parts.append(part)
+            size += len(part)
         return b"".join(parts)
     finally:
         os.close(fd)

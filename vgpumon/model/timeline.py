@@ -10,6 +10,7 @@ from typing import Any
 
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
+from vgpumon.model.untrusted import escape, has_unsafe
 
 # The fields worth a human's attention, per kind.
 
@@ -21,6 +22,9 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     ev.LIBRARY_UNLOADED: ("group", "pid", "library", "path"),
     ev.LIBRARY_STALE: ("group", "pid", "library", "path"),
     ev.SHIM_LINK_CHANGED: ("path", "state", "old_target", "new_target"),
+    ev.PROCESS_REJECTED: ("group", "pid", "uid", "reason", "comm"),
+    ev.PRELOAD_FAILED: ("group", "pid", "library", "because"),
+    ev.SHIM_BYPASSED: ("group", "pid", "shim", "real", "why"),
     ev.CRASH_LOOP_STARTED: ("group", "crashes", "window_seconds"),
     ev.CRASH_LOOP_ENDED: ("group", "crashes", "window_seconds"),
     ev.OLLAMA_VERSION: ("version",),
@@ -58,7 +62,9 @@ def format_timeline(events: Iterable[Event]) -> Iterator[str]:
             for name in names
             if event.fields.get(name) is not None
         )
-        yield f"{_iso(event.ts)}  {event.kind:<19} {fields}".rstrip()
+        # Values are quoted and escaped where needed (_show); the kind and anything else
+        # in the line go through `escape` too: nothing from a log can move the cursor.
+        yield escape(f"{_iso(event.ts)}  {event.kind:<19} {fields}".rstrip())
 
 
 def _iso(ts: float) -> str:
@@ -81,7 +87,7 @@ def _show(name: str, value: Any) -> str:
     text = str(value)
     if len(text) > _VALUE_LIMIT:
         text = text[:_VALUE_LIMIT] + "…"
-    return text if _BARE.fullmatch(text) else json.dumps(text)
+    return text if _BARE.fullmatch(text) and not has_unsafe(text) else json.dumps(text)
 
 
 def format_event(event: Event) -> str:

@@ -13,7 +13,7 @@ from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.loadtest import LoadTestResult, describe_credentials
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain, warn
-from vgpumon.doctor.text import listing
+from vgpumon.doctor.text import listing, variable
 from vgpumon.linux.procfs import MappedFile
 from vgpumon.sources.libraries import LibraryMatcher
 
@@ -43,7 +43,7 @@ def checks(ctx: DoctorContext) -> list[Check]:
 
 
 def dlopen(ctx: DoctorContext, result: LoadTestResult) -> Check:
-    env = ", ".join(f"{k}={v}" for k, v in result.environ.items()) or "none"
+    env = ", ".join(variable(k, v) for k, v in result.environ.items()) or "none"
     rights = (describe_credentials(result.credentials) if result.credentials
               else "unknown")
     evidence = [f"child: {result.python} -c <dlopen> {result.library}",
@@ -53,8 +53,11 @@ def dlopen(ctx: DoctorContext, result: LoadTestResult) -> Check:
                 "the preloaded shims, with the rights of the process they belong to "
                 "(--no-load-test skips this test)"]
     evidence += [f"loader: {m}" for m in result.loader_messages]
+    derived = ctx.libraries.environ_derived if ctx.libraries else ""
+    variables = f"the runner's variables ({derived})" if derived else "the runner's variables"
     if not result.ok:
-        return fail("loadtest.dlopen", f"dlopen({result.library}) failed: {result.error}",
+        return fail("loadtest.dlopen", f"dlopen({result.library}) failed with {variables}: "
+                    f"{result.error}",
                     "the loader's message names what is missing or broken; see "
                     "libraries.dependencies for where it looked", evidence)
     mapped = [_describe(ctx, m) for m in result.loaded if _is_gpu(m)]
@@ -66,8 +69,8 @@ def dlopen(ctx: DoctorContext, result: LoadTestResult) -> Check:
                     f"complained: {result.loader_messages[0]}",
                     "a preload that fails is skipped silently: fix LD_PRELOAD (env.LD_PRELOAD)",
                     evidence)
-    return ok("loadtest.dlopen", f"dlopen({result.library}) works in a child with the "
-              "runner's variables", evidence)
+    return ok("loadtest.dlopen", f"dlopen({result.library}) works in a child with "
+              f"{variables}", evidence)
 
 
 def libcuda(ctx: DoctorContext, result: LoadTestResult) -> Check:
