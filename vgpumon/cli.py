@@ -14,6 +14,7 @@ from prometheus_client import generate_latest, write_to_textfile
 from vgpumon import __version__
 from vgpumon.config.loading import ConfigError, load_config
 from vgpumon.config.schema import Config
+from vgpumon.model.untrusted import InertFormatter
 
 log = logging.getLogger("vgpumon")
 
@@ -97,24 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser(
         "replay", help="print the timeline of an Ollama server log (post-mortems)",
-        description="Read an Ollama server log (plain, journalctl -o short, or "
-                    "journalctl -o json) and print what happened, with the same parser as "
-                    "the daemon.")
+        description="Read an Ollama server log (plain, journalctl -o short, journalctl -o "
+                    "json, or a container's log: Docker's json-file, a Kubernetes CRI log "
+                    "file, docker logs -t, Docker Desktop) and print what happened, with the "
+                    "same parser as the daemon.")
     replay.add_argument("log", metavar="LOG", help="the log file, or - for standard input")
     replay.add_argument("--json", action="store_true",
                         help="one event per line as JSON (the event log's format)")
-    replay.add_argument("--format", choices=["plain", "short", "json"],
+    replay.add_argument("--format", choices=["plain", "short", "json", "docker-json", "cri",
+                                             "docker-timestamps", "docker-desktop"],
                         help="the log's format (default: detected from the first lines)")
     replay.set_defaults(func=cmd_replay)
     return parser
 
 
+LOG_FORMAT = "time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    """logfmt-like lines on stderr. Messages carry what other processes chose (paths, model
+    names, log text): `InertFormatter` escapes their control characters, so each record is
+    one line and nothing reaches the terminal raw (docs/reliability.md#untrusted-text)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(InertFormatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

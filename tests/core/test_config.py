@@ -102,6 +102,13 @@ events: {file: "", max_bytes: 65536}
     ("crash_loop: {crashes: three}\n", "crash_loop.crashes", 1, "integer"),
     ("ollama: {url: 'ftp://x'}\n", "ollama.url", 1, "http"),
     ("ollama: {log: {file: /a, journal_unit: b}}\n", "ollama.log", 1, "not both"),
+    ("ollama: {log: {file: /a, container: auto}}\n", "ollama.log", 1, "not both"),
+    ("ollama: {log: {file: /a, journal_unit: b, container: auto}}\n", "ollama.log", 1,
+     "all three"),
+    ("ollama: {log: {container: docker}}\n", "ollama.log.container", 1, "expected auto"),
+    ("ollama: {log: {container: auto, docker_root: var/lib/docker}}\n",
+     "ollama.log.docker_root", 1, "absolute"),
+    ("ollama: {log: {container: auto, pods_dir: ''}}\n", "ollama.log.pods_dir", 1, "string"),
     ("events: {max_bytes: 10}\n", "events.max_bytes", 1, "at least"),
     ("interval: 5s\ninterval: 6s\n", "interval", 2, "duplicate"),
     ("- just\n- a list\n", "", 1, "mapping"),
@@ -116,6 +123,17 @@ def test_bad_config_names_the_key_and_line(text, key, line, words):
     assert error.line == line
     assert words in error.message
     assert str(error).startswith(f"test.yaml:{line}: " if line else "test.yaml: ")
+
+
+def test_ollama_log_in_a_container():
+    spec = parse_config("ollama: {log: {container: auto}}\n").ollama.log
+    assert (spec.container, spec.journal_unit, spec.file, spec.enabled) == (
+        "auto", None, None, True)
+    assert (spec.docker_root, spec.pods_dir) == ("/var/lib/docker", "/var/log/pods")
+    spec = parse_config("ollama:\n  log: {container: auto, docker_root: /data/docker/,"
+                        " pods_dir: /srv/pods}\n").ollama.log
+    assert (spec.docker_root, spec.pods_dir) == ("/data/docker", "/srv/pods")
+    assert not parse_config("ollama: {log: {docker_root: /d}}\n").ollama.log.enabled
 
 
 def test_invalid_yaml_reports_the_line():

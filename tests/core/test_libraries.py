@@ -11,9 +11,9 @@ from tests.core.fakeproc import FakeProc, maps_line, maps_line_for
 from vgpumon.config.loading import parse_config
 from vgpumon.linux.paths import HOST
 from vgpumon.linux.procfs import ProcFS, parse_maps
+from vgpumon.snapshot.expectations import REAL_INSTEAD, Bypass, bypasses
 from vgpumon.sources.libraries import (
     LibraryMatcher,
-    bypassing,
     find_library_file,
     library_mappings,
     read_process_libraries,
@@ -105,19 +105,19 @@ def test_the_same_basename_elsewhere_on_the_same_device_is_another_file(tmp_path
         str(cuda / "libext_server.so"), dev, other).encode())[0]) == [("ggml-cuda", False)]
 
 
-def test_bypass_means_driver_without_any_shim(host, tmp_path):
+def test_without_stands_for_bypass_means_driver_without_any_shim(host, tmp_path):
+    """A config whose shims name nothing they stand for keeps the simple rule."""
     config = config_for(host)
     matcher, _ = matcher_for(config)
     proc = FakeProc(tmp_path / "proc")
-    drivers, shims = frozenset({"cuda-driver"}), frozenset(config.shims)
     driver_only = maps_line("/usr/lib64/libcuda.so.999", (8, 1), 8)
     proc.add(10, "r", ["runner"], maps=driver_only, root=str(host))
     libs, _ = read_process_libraries(ProcFS(str(proc.root)), 10, matcher)
-    assert bypassing(libs, drivers, shims)
+    assert bypasses(config, (), libs, {}) == (Bypass("", "cuda-driver", REAL_INSTEAD),)
     proc.set_maps(10, driver_only + maps_line_for(str(host / "usr/lib64/libvgpu-cuda.so"),
                                                    0x9000))
     libs, _ = read_process_libraries(ProcFS(str(proc.root)), 10, matcher)
-    assert not bypassing(libs, drivers, shims)  # the shim forwards to the driver: fine
+    assert bypasses(config, (), libs, {}) == ()  # the shim forwards to the driver: fine
 
 
 def test_deleted_mapping_is_stale(host, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.core.fakeproc import FakeProc
@@ -11,6 +13,10 @@ from vgpumon.linux.procfs import ProcFS
 from vgpumon.sources.processes import ProcessScanner, classify, model_argument
 
 GROUPS = Config().groups
+# The scanner's bookkeeping, without the identity rules (tests/core/test_identity.py and
+# tests/e2e/test_identity.py cover those): the fixture processes have no executable to judge.
+PATTERN_GROUPS = tuple(replace(group, executables=(), owners=(), parent=None)
+                       for group in GROUPS)
 SERVER = ["/usr/local/bin/ollama", "serve"]
 RUNNER = ["/usr/local/bin/ollama", "runner", "--model",
           "/usr/share/ollama/.ollama/models/blobs/sha256-6a0746a1ec1a", "--port", "41235"]
@@ -67,7 +73,7 @@ def proc(tmp_path):
 
 def scanner_for(proc: FakeProc) -> tuple[ProcessScanner, float]:
     # "now" close to the processes' start, so they count as young.
-    return ProcessScanner(ProcFS(str(proc.root)), GROUPS), proc.start_time(100) + 1
+    return ProcessScanner(ProcFS(str(proc.root)), PATTERN_GROUPS), proc.start_time(100) + 1
 
 
 def test_scan_finds_server_and_runner_with_parentage(proc):
@@ -107,7 +113,7 @@ def test_young_process_is_reclassified_after_exec(proc):
 
 def test_old_unmatched_process_is_not_read_again(proc):
     proc.add(6000, "bash", ["bash"], start_ticks=100)
-    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), PATTERN_GROUPS)
     old = proc.start_time(100) + 3600
     assert scanner.scan(old) == ()
     proc.make_unreadable(6000, "cmdline")  # would fail if it were read again
@@ -141,7 +147,7 @@ def test_vanished_pid_between_listing_and_reading_is_skipped(proc):
 
 def test_rescan_and_forget(proc):
     proc.add(7300, "bash", ["bash"], start_ticks=100)
-    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), PATTERN_GROUPS)
     old = proc.start_time(100) + 3600
     scanner.scan(old)
     proc.set_cmdline(7300, SERVER)
@@ -164,7 +170,7 @@ def test_an_exec_of_an_unconfigured_program_costs_one_read_and_scans_look_again(
 
 def test_a_pid_that_went_away_and_came_back_between_scans_is_new(proc):
     proc.add(7500, "bash", ["bash"], start_ticks=100)
-    scanner = ProcessScanner(ProcFS(str(proc.root)), GROUPS)
+    scanner = ProcessScanner(ProcFS(str(proc.root)), PATTERN_GROUPS)
     old = proc.start_time(100) + 3600
     assert scanner.scan(old) == ()
     scanner.forget(7500)  # its exit event

@@ -36,6 +36,12 @@ def host_config(host: SimHost, **overrides: object) -> dict:
     groups["runner"]["cmdline"] = (rf"^{root}/\S*(ollama runner|ollama_llama_server|"
                                    rf"llama-server|ollama-runner).*--model")
     groups["discovery"]["cmdline"] = rf"^{root}/\S*(ollama runner|llama-server|ollama gpu-discover)"
+    libraries = base["libraries"]  # each shim names what it stands for, as the defaults do
+    libraries["vgpu-cuda"]["stands_for"] = "cuda-driver"
+    libraries["vgpu-nvml"]["stands_for"] = "nvml"
+    libraries["vgpu-cudart"]["stands_for"] = "cudart"
+    libraries["nvml"] = {"name": "libnvidia-ml.so.*"}
+    libraries["cudart"] = {"name": "libcudart.so.*"}
     for key, value in overrides.items():
         base[key] = value
     return base

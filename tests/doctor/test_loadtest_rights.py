@@ -172,34 +172,45 @@ def test_a_constructor_that_hangs_is_ended_with_what_it_started(user_dir):
     wait_until(lambda: not survivors(), 5, "the hanging child and its fork to be killed")
 
 
-def test_root_doctor_runs_a_look_alike_server_library_only_as_its_user(user_dir):
-    """The reported escalation: nobody copies a binary as ``ollama``, starts it as ``ollama
-    serve`` with OLLAMA_LIBRARY_PATH naming its own dir whose backend's constructor writes a
-    file. The root doctor's load test runs that constructor as nobody, not as root."""
-    binary = user_dir / "ollama"
-    shutil.copy("/bin/sleep", binary)
-    os.chown(binary, NOBODY, NOGROUP)
+@pytest.mark.parametrize("genuine", [False, True], ids=["look-alike", "genuine server"])
+def test_root_doctor_runs_a_servers_library_only_as_its_user(user_dir, genuine):
+    """The reported escalation: nobody's `ollama serve` names, in OLLAMA_LIBRARY_PATH, a dir
+    of its own whose backend's constructor writes a file. The look-alike is a copy of a
+    system binary in nobody's dir (examined under patterns alone); the genuine server runs a
+    root-owned `ollama` as nobody (it passes the identity rules). Either way the root
+    doctor's load test runs that constructor as nobody, not as root."""
+    if genuine:
+        install = user_dir.parent / "opt"
+        install.mkdir()
+        binary = install / "ollama"
+        shutil.copy("/bin/sleep", binary)  # root's, 0755: what a package installs
+    else:
+        binary = user_dir / "ollama"
+        shutil.copy("/bin/sleep", binary)
+        os.chown(binary, NOBODY, NOGROUP)
     lib = user_dir / "lib"
     lib.mkdir()
     os.chown(lib, NOBODY, NOGROUP)
     witness_library(lib)
     out = user_dir / "witness"
-    argv0 = f"{user_dir}/ollama serve"
+    argv0 = f"{binary.parent}/ollama serve"
     process = subprocess.Popen(
         [argv0, "600"], executable=str(binary), user=NOBODY, group=NOGROUP, extra_groups=[],
         env={"OLLAMA_LIBRARY_PATH": str(lib), "OLLAMA_WITNESS_FILE": str(out),
              "PATH": "/usr/bin:/bin"},
         cwd="/", stdin=subprocess.DEVNULL)
+    identity = ", executable: [ollama], owner: [root]" if genuine else ""
     config = user_dir.parent / "vgpumon.yaml"
     config.write_text(
         "groups:\n"
-        f"  server: {{comm: '^ollama$', cmdline: '^{user_dir}/ollama serve', expect: []}}\n"
+        f"  server: {{comm: '^ollama$', cmdline: '^{binary.parent}/ollama serve'{identity},"
+        " expect: []}\n"
         "  runner: {cmdline: '^$nothing', expect: []}\n"
         "  discovery: {cmdline: '^$nothing', expect: []}\n"
         "ollama: {url: 'http://127.0.0.1:9', timeout: 1s}\n")
     try:
         wait_until(lambda: Path(f"/proc/{process.pid}/comm").read_text().strip() == "ollama",
-                   5, "the look-alike to exec")
+                   5, "the server to exec")
         run = doctor(config)
         dlopen = run.check("loadtest.dlopen")
         evidence = "\n".join(dlopen.evidence)

@@ -129,6 +129,7 @@ class Stack:
     second_host: Any = None
     second_target: str | None = None
     third_target: str | None = None
+    fourth_target: str | None = None
     stopped_loop: StoppedThread | None = None
 
     @property
@@ -358,6 +359,25 @@ def unprivileged_vgpumon(stack: Stack) -> None:
     (stack.file_sd / "third.yml").write_text(yaml.safe_dump(targets))
 
 
+def host_with_a_failed_preload(stack: Stack) -> None:
+    """A fourth host (era G) whose service names the exec shim in LD_PRELOAD at a path that
+    does not exist: the loader prints one line and runs on without it. Its vgpumon uses the
+    built-in `expect: auto`, which expects a shim where a preload names it."""
+    host = stack.make_host(era="G")
+    wrong = host.shim("exec").parent / "missing" / "libvgpu-exec.so"
+    host.start_server(preload_shims=False, env={"LD_PRELOAD": str(wrong)})
+    workdir = stack.workdir / "vgpumon-4"
+    workdir.mkdir()
+    config = host_config(host, interval="5s")
+    for group in config["groups"].values():
+        group["expect"] = "auto"
+    daemon = Vgpumon(config, workdir)
+    stack.extra.append(daemon)
+    stack.fourth_target = daemon.url.removeprefix("http://")
+    targets = [{"targets": [stack.fourth_target], "labels": {"site": "lab"}}]
+    (stack.file_sd / "fourth.yml").write_text(yaml.safe_dump(targets))
+
+
 def crash_runner(stack: Stack) -> None:
     stack.server.load_model(MODEL)
     stack.server.crash_runner(MODEL, mode="kill_segv")
@@ -525,6 +545,10 @@ PHASES = [
           fires=[Expect("VgpumonProcessesUnreadable", {"instance": "{third}",
                                                        "group": "runner"}),
                  Expect("VgpumonExitWatchPolling", {"instance": "{third}"})]),
+    Phase("a shim that cannot be preloaded", host_with_a_failed_preload,
+          fires=[Expect("VgpuShimPreloadFailed", {"instance": "{fourth}", "group": "server",
+                                                  "library": "vgpu-exec"})],
+          quiet=[Expect("VgpuShimNotLoaded", {"instance": "{fourth}"})]),
     Phase("runner crash", crash_runner,
           fires=[Expect("OllamaProcessCrashed", {"group": "runner", "reason": "crash"})]),
     Phase("runner crash loop", crash_loop,
@@ -561,6 +585,7 @@ PHASES = [
 def _concrete(stack: Stack, expect: Expect) -> Expect:
     values = {"{main}": stack.target, "{second}": stack.second_target or "",
               "{third}": stack.third_target or "",
+              "{fourth}": stack.fourth_target or "",
               "{link}": str(_link(stack))}
     labels: dict[str, str | None] = {"instance": "{main}", **expect.labels}
     for name, value in labels.items():

@@ -362,14 +362,15 @@ class SimHost:
     @classmethod
     def create(cls, base: str | os.PathLike, era: str = "F", *, version: str | None = None,
                shim_links: bool = True, gpus: list[Gpu] | None = None,
-               name: str = "host") -> SimHost:
+               name: str = "host", cuda_shim_soname: str | None = None) -> SimHost:
         """Build a host of `era` (and `version`) under `base`/`name`. `shim_links=False`
-        builds a host without vGPU links (libcuda.so.1 -> the real driver)."""
+        builds a host without vGPU links (libcuda.so.1 -> the real driver).
+        `cuda_shim_soname="libcuda.so.1"`: the CUDA shim carries the driver's SONAME."""
         e = Era.get(era, version)
         root = Path(base).resolve() / name
         root.mkdir(parents=True, exist_ok=False)
         toolchain = build.build(tree.lib_specs())
-        tree.install(root, e, toolchain, shim_links)
+        tree.install(root, e, toolchain, shim_links, cuda_shim_soname)
         host = cls(root, e, _free_port(), shim_links)
         for d in (host.models_dir, host.root / "tmp", host.log_file.parent):
             d.mkdir(parents=True, exist_ok=True)
@@ -433,14 +434,16 @@ class SimHost:
             },
             "shims": ["vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"],
             "links": [{"path": str(p), "target": str(t)} for p, t in self.links()],
-            "groups": {
+            "groups": {  # with the built-in identity rules: the simulated programs pass them
                 "server": {"comm": "^ollama$", "cmdline": "\\bserve\\b",
-                           "expect": ["vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"]},
+                           "expect": ["vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"],
+                           **identity(parent=None)},
                 "runner": {"cmdline": "(ollama runner|ollama_llama_server|llama-server|"
                                       "ollama-runner).*--model",
-                           "expect": ["vgpu-exec", "vgpu-cuda", "ggml-cuda"]},
+                           "expect": ["vgpu-exec", "vgpu-cuda", "ggml-cuda"],
+                           **identity(parent="server")},
                 "discovery": {"cmdline": "(ollama runner|llama-server|ollama gpu-discover)",
-                              "expect": []},
+                              "expect": [], **identity(parent="server")},
             },
             "crash_loop": {"crashes": 3, "window": "10m"},
             "ollama": {"url": f"http://127.0.0.1:{self.port}", "timeout": "2s",
@@ -602,6 +605,16 @@ class SimHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def identity(parent: str | None) -> dict:
+    """The identity rules of vgpumon's built-in groups (docs/configuration.md#membership)."""
+    rules: dict = {"executable": ["ollama"] if parent is None else
+                   ["ollama", "ollama-runner", "ollama_llama_server", "llama-server"],
+                   "owner": [0]}
+    if parent is not None:
+        rules["parent"] = parent
+    return rules
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -74,6 +74,17 @@ static void forward_to_real(const char *shim, const char *real_prefix) {
     closedir(d);
 }
 
+/* SIMLIB_FORWARD_AT_START=1 makes the shims forward when they are loaded (a preloaded
+ * forwarding shim of this kind maps the real library before the program asks for it: what
+ * glibc then hands out for the real library's SONAME is the real one). */
+__attribute__((constructor)) static void simlib_init(void) {
+    const char *at_start = getenv("SIMLIB_FORWARD_AT_START");
+    if (!at_start || strcmp(at_start, "1") != 0)
+        return;
+    forward_to_real("libvgpu-cuda.so", "libcuda.so.");
+    forward_to_real("libvgpu-nvml.so", "libnvidia-ml.so.");
+}
+
 __attribute__((destructor)) static void simlib_fini(void) {
     if (forwarded)
         dlclose(forwarded);

@@ -52,9 +52,10 @@ def _versioned(directory: str, name: str, version: str, spec: LibSpec) -> list[E
             Link(f"{directory}/{name}", f"{name}.{version}")]
 
 
-def _common(shim_links: bool) -> list[Entry]:
+def _common(shim_links: bool, cuda_shim_soname: str | None = None) -> list[Entry]:
     out: list[Entry] = [Exe(BIN)]
-    out += [Lib(f"{LIB64}/{s}", LibSpec(s)) for s in SHIMS]
+    out += [Lib(f"{LIB64}/{s}", LibSpec(cuda_shim_soname if s == "libvgpu-cuda.so"
+                                         and cuda_shim_soname else s)) for s in SHIMS]
     out += [Lib(REAL_DRIVER, LibSpec("libcuda.so.1")), Lib(REAL_NVML, LibSpec("libnvidia-ml.so.1"))]
     if shim_links:
         out += [Link(f"{LIB64}/libcuda.so.1", "libvgpu-cuda.so"),
@@ -81,9 +82,12 @@ def _bundled_cuda_12(directory: str, cudart: str, cublas: str, shim_links: bool)
     return out
 
 
-def entries(era: Era, shim_links: bool = True) -> list[Entry]:
-    """Everything the era's install consists of (on top of the model store)."""
-    out = _common(shim_links)
+def entries(era: Era, shim_links: bool = True,
+            cuda_shim_soname: str | None = None) -> list[Entry]:
+    """Everything the era's install consists of (on top of the model store).
+    `cuda_shim_soname`: the CUDA shim carries this SONAME (``libcuda.so.1``: glibc hands it
+    out for the driver's name) instead of its own file name."""
+    out = _common(shim_links, cuda_shim_soname)
     cuda, cpu = era.cuda_dir, era.cpu_dir
     if era.name == "A":
         out += [Exe(f"{cuda}/ollama-runner"), Exe(f"{cpu}/ollama-runner"),
@@ -131,12 +135,14 @@ def entries(era: Era, shim_links: bool = True) -> list[Entry]:
 def lib_specs() -> list[LibSpec]:
     """Every simlib build any era's tree needs (one build serves all eras)."""
     return [e.spec for name in DEFAULT_VERSIONS for links in (True, False)
-            for e in entries(Era.get(name), links) if isinstance(e, Lib)]
+            for soname in (None, "libcuda.so.1")
+            for e in entries(Era.get(name), links, soname) if isinstance(e, Lib)]
 
 
-def install(root: Path, era: Era, toolchain: Toolchain, shim_links: bool = True) -> list[Entry]:
+def install(root: Path, era: Era, toolchain: Toolchain, shim_links: bool = True,
+            cuda_shim_soname: str | None = None) -> list[Entry]:
     """Create the era's tree under `root`; return its entries."""
-    made = entries(era, shim_links)
+    made = entries(era, shim_links, cuda_shim_soname)
     for e in made:
         dest = root / e.path
         dest.parent.mkdir(parents=True, exist_ok=True)

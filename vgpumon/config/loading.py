@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from vgpumon.config import patterns as regex_rules
 from vgpumon.config.durations import format_duration, parse_duration
 from vgpumon.config.schema import (
     EXIT_WATCH_MECHANISMS,
@@ -220,11 +222,17 @@ class Validator:
         if value is None:
             return None
         text = self.string(value, path)
+        text = regex_rules.LEGACY.get(text, text)  # an earlier default: its linear equivalent
         try:
-            return re.compile(text)
+            compiled = re.compile(text)
         except (re.error, OverflowError, RecursionError) as err:
             # OverflowError: a repeat count like {4294967296}; RecursionError: (((… nesting
             raise self.error(path, f"invalid regular expression: {err}") from None
+        problem = regex_rules.problem(text)  # docs/configuration.md#patterns
+        if problem is not None:
+            raise self.error(path, f"regular expression can backtrack catastrophically: "
+                                   f"{problem}")
+        return compiled
 
     def absolute_path(self, value: Any, path: str) -> str:
         text = self.string(value, path)
@@ -243,7 +251,8 @@ class Validator:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise self.error(path, f"expected a list of library names, got {type_name(value)}")
+            raise self.error(path, "expected a list of library names (or auto for expect:), "
+                                   f"got {type_name(value)}")
         names = []
         for index, item in enumerate(value):
             item_path = f"{path}[{index}]"
@@ -354,7 +363,7 @@ class Validator:
             path = f"libraries.{name}"
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise self.error(path, "library names may use letters, digits, '_', '.', '-'")
-            section = self.mapping(body, path, ("path", "name", "driver", "view"))
+            section = self.mapping(body, path, ("path", "name", "driver", "view", "stands_for"))
             has_path, has_name = "path" in section, "name" in section
             if has_path == has_name:
                 raise self.error(path, "give exactly one of path: (a file) or name: (a glob)")
@@ -364,7 +373,15 @@ class Validator:
                 glob=self.string(section["name"], f"{path}.name") if has_name else None,
                 driver=self.get(section, "driver", False, self.boolean, f"{path}."),
                 view=self.view(section.get("view"), f"{path}.view"),
+                stands_for=self.get(section, "stands_for", None, self.string, f"{path}."),
             ))
+        names = {spec.name for spec in specs}
+        for spec in specs:
+            if spec.stands_for is not None and (spec.stands_for not in names
+                                                or spec.stands_for == spec.name):
+                raise self.error(f"libraries.{spec.name}.stands_for",
+                                 f"library {spec.stands_for!r} is not another library defined "
+                                 "under libraries:")
         return tuple(specs)
 
     def links(self, value: Any) -> tuple[LinkSpec, ...]:
@@ -399,17 +416,52 @@ class Validator:
             path = f"groups.{name}"
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise self.error(path, "group names may use letters, digits, '_', '.', '-'")
-            section = self.mapping(body, path, ("comm", "exe", "cmdline", "expect"))
+            section = self.mapping(body, path, ("comm", "exe", "cmdline", "expect",
+                                                "executable", "owner", "parent"))
+            expect_auto = section.get("expect") == "auto"
             patterns = {key: self.regex(section.get(key), f"{path}.{key}")
                         for key in ("comm", "exe", "cmdline")}
             if not any(patterns.values()):
                 raise self.error(path, "give at least one of comm:, exe:, cmdline:")
             specs.append(GroupSpec(
                 name=name,
-                expect=self.name_list(section.get("expect"), f"{path}.expect", libraries),
+                expect=() if expect_auto else self.name_list(section.get("expect"),
+                                                              f"{path}.expect", libraries),
+                expect_auto=expect_auto,
+                executables=self.strings(section.get("executable"), f"{path}.executable"),
+                owners=tuple(self.owner(item, f"{path}.owner[{index}]") for index, item in
+                             enumerate(self.listed(section.get("owner")))),
+                parent=self.get(section, "parent", None, self.string, f"{path}."),
                 **patterns,
             ))
+        names = [spec.name for spec in specs]
+        for spec in specs:
+            if spec.parent is not None and (spec.parent not in names or spec.parent == spec.name):
+                raise self.error(f"groups.{spec.name}.parent",
+                                 f"group {spec.parent!r} is not another group defined under "
+                                 "groups:")
         return tuple(specs)
+
+    @staticmethod
+    def listed(value: Any) -> list[Any]:
+        """A value that may be given alone or as a list."""
+        if value is None:
+            return []
+        return value if isinstance(value, list) else [value]
+
+    def strings(self, value: Any, path: str) -> tuple[str, ...]:
+        return tuple(self.string(item, f"{path}[{index}]")
+                     for index, item in enumerate(self.listed(value)))
+
+    def owner(self, value: Any, path: str) -> int:
+        """A user name (looked up now) or a uid."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        name = self.string(value, path)
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise self.error(path, f"no user {name!r} on this host (give a uid)") from None
 
     def crash_loop(self, value: Any) -> CrashLoopSpec:
         section = self.mapping(value, "crash_loop", ("crashes", "window"))
@@ -438,13 +490,27 @@ class Validator:
         )
 
     def ollama_log(self, value: Any) -> OllamaLogSpec:
-        section = self.mapping(value, "ollama.log", ("journal_unit", "file"))
-        if "journal_unit" in section and "file" in section:
-            raise self.error("ollama.log", "give one of journal_unit: or file:, not both")
+        section = self.mapping(value, "ollama.log",
+                               ("journal_unit", "file", "container", "docker_root", "pods_dir"))
+        given = [key for key in ("journal_unit", "file", "container") if key in section]
+        if len(given) > 1:
+            raise self.error("ollama.log", "give one of journal_unit:, file: or container:, "
+                                           + ("not both" if len(given) == 2 else "not all three"))
+        defaults = OllamaLogSpec()
         return OllamaLogSpec(
             journal_unit=self.get(section, "journal_unit", None, self.string, "ollama.log."),
             file=self.get(section, "file", None, self.absolute_path, "ollama.log."),
+            container=self.get(section, "container", None, self.container, "ollama.log."),
+            docker_root=self.get(section, "docker_root", defaults.docker_root,
+                                 self.absolute_path, "ollama.log."),
+            pods_dir=self.get(section, "pods_dir", defaults.pods_dir, self.absolute_path,
+                              "ollama.log."),
         )
+
+    def container(self, value: Any, path: str) -> str:
+        if value != "auto":
+            raise self.error(path, f"expected auto, got {_shown(value)}")
+        return value
 
     def url(self, value: Any, path: str) -> str:
         text = self.string(value, path)

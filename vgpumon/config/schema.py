@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from vgpumon.config.patterns import RUNNER as RUNNER_PATTERN
+
 VIEWS = ("host", "server")
+# The built-in groups. The group named SERVER is the Ollama server: its filesystem is the
+# "server" view, and its oldest member is the server the doctor and the log source follow.
+SERVER, RUNNER, DISCOVERY = "server", "runner", "discovery"
+# The programs Ollama runs as its runners and probes, in every era (docs/ollama.md#eras).
+RUNNER_EXECUTABLES = ("ollama", "ollama-runner", "ollama_llama_server", "llama-server")
+ROOT_UID = 0
 EXIT_WATCH_MECHANISMS = ("auto", "proc_connector", "pidfd", "poll")
 
 
@@ -23,6 +31,7 @@ class LibrarySpec:
     glob: str | None = None
     driver: bool = False
     view: str = "host"
+    stands_for: str | None = None  # a shim: the library it stands in for (a library's name)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,11 @@ class GroupSpec:
     exe: re.Pattern[str] | None = None
     cmdline: re.Pattern[str] | None = None
     expect: tuple[str, ...] = ()
+    expect_auto: bool = False  # `expect: auto`: derived per process (docs/configuration.md)
+    # Identity (docs/configuration.md#membership): what a member cannot set for itself.
+    executables: tuple[str, ...] = ()  # globs of the executable's file name
+    owners: tuple[int, ...] = ()  # uids that may own that file (empty: root)
+    parent: str | None = None  # the group its parent process must belong to
 
 
 @dataclass(frozen=True)
@@ -53,12 +67,19 @@ class CrashLoopSpec:
 
 @dataclass(frozen=True)
 class OllamaLogSpec:
+    """Where Ollama's server log is: a journal unit, a file, or (`container` ``auto``) the log
+    file of the container the server runs in, looked for under `docker_root` (Docker's
+    json-file driver) and `pods_dir` (Kubernetes), both in the host's view."""
+
     journal_unit: str | None = "ollama.service"
     file: str | None = None
+    container: str | None = None
+    docker_root: str = "/var/lib/docker"
+    pods_dir: str = "/var/log/pods"
 
     @property
     def enabled(self) -> bool:
-        return bool(self.journal_unit or self.file)
+        return bool(self.journal_unit or self.file or self.container)
 
 
 @dataclass(frozen=True)
@@ -80,11 +101,13 @@ class EventsSpec:
 def _default_libraries() -> tuple[LibrarySpec, ...]:
     return (
         LibrarySpec("vgpu-exec", path="/usr/lib64/libvgpu-exec.so"),
-        LibrarySpec("vgpu-cuda", path="/usr/lib64/libvgpu-cuda.so"),
-        LibrarySpec("vgpu-nvml", path="/usr/lib64/libvgpu-nvml.so"),
-        LibrarySpec("vgpu-cudart", path="/usr/lib64/libvgpu-cudart.so"),
+        LibrarySpec("vgpu-cuda", path="/usr/lib64/libvgpu-cuda.so", stands_for="cuda-driver"),
+        LibrarySpec("vgpu-nvml", path="/usr/lib64/libvgpu-nvml.so", stands_for="nvml"),
+        LibrarySpec("vgpu-cudart", path="/usr/lib64/libvgpu-cudart.so", stands_for="cudart"),
         LibrarySpec("ggml-cuda", glob="libggml-cuda.so*"),
         LibrarySpec("cuda-driver", glob="libcuda.so.*", driver=True),
+        LibrarySpec("nvml", glob="libnvidia-ml.so.*"),
+        LibrarySpec("cudart", glob="libcudart.so.*"),
     )
 
 
@@ -102,19 +125,28 @@ def _default_links() -> tuple[LinkSpec, ...]:
 def _default_groups() -> tuple[GroupSpec, ...]:
     return (
         GroupSpec(
-            "server",
+            SERVER,
             comm=re.compile(r"^ollama$"),
             cmdline=re.compile(r"\bserve\b"),
-            expect=("vgpu-exec", "vgpu-cuda", "vgpu-nvml", "vgpu-cudart"),
+            expect_auto=True,
+            executables=("ollama",),
+            owners=(ROOT_UID,),
         ),
         GroupSpec(
-            "runner",
-            cmdline=re.compile(r"(ollama runner|ollama_llama_server|llama-server).*--model"),
-            expect=("vgpu-exec", "vgpu-cuda", "ggml-cuda"),
+            RUNNER,
+            cmdline=re.compile(RUNNER_PATTERN),
+            expect_auto=True,
+            executables=RUNNER_EXECUTABLES,
+            owners=(ROOT_UID,),
+            parent=SERVER,
         ),
         GroupSpec(
-            "discovery",
+            DISCOVERY,
             cmdline=re.compile(r"(ollama runner|llama-server|ollama gpu-discover)"),
+            expect_auto=True,
+            executables=RUNNER_EXECUTABLES,
+            owners=(ROOT_UID,),
+            parent=SERVER,
         ),
     )
 

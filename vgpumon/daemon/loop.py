@@ -39,6 +39,7 @@ from vgpumon.http.server import ExporterServer
 from vgpumon.http.webconfig import WebAccess, web_access_for
 from vgpumon.model import collectors
 from vgpumon.model.events import Event
+from vgpumon.model.untrusted import clip, escape, has_unsafe
 from vgpumon.snapshot.health import CollectorHealth, describe_error
 from vgpumon.snapshot.host import HostState, diff, process_started_event
 from vgpumon.snapshot.observer import HostObserver
@@ -449,11 +450,19 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
+# A field of an event in the daemon's log shows at most this much (the event log and
+# /events keep the whole value).
+LOG_FIELD_CHARS = 1024
+
+
 def _fields(event: Event) -> str:
+    """The event's fields as logfmt: a value with a space, ``=``, a quote or a control
+    character is quoted, with backslash escapes (``\\n``, ``\\x1b``), so a value another
+    process chose can neither end the line nor pass for another field or record."""
     parts = []
     for key, value in event.fields.items():
-        text = str(value)
-        if not text or any(c in text for c in ' ="'):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
+        text = clip(str(value), LOG_FIELD_CHARS)
+        if not text or any(c in text for c in ' ="') or has_unsafe(text):
+            text = '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+        parts.append(f"{escape(key)}={text}")
     return " ".join(parts)

@@ -15,9 +15,10 @@ import time
 
 from vgpumon import __version__
 from vgpumon.config.schema import Config
-from vgpumon.doctor.checks import SECTIONS, CheckModule
+from vgpumon.doctor.checks import ROOT_CAUSES, SECTIONS, CheckModule
 from vgpumon.doctor.context import DoctorContext, DoctorOptions, gather
-from vgpumon.doctor.report import Check, Report, Section, warn
+from vgpumon.doctor.report import Check, Report, Section, Status, warn
+from vgpumon.linux.fscreds import acting_as
 
 __all__ = ["DoctorOptions", "Report", "build_report", "diagnose"]
 
@@ -28,7 +29,11 @@ def diagnose(config: Config, options: DoctorOptions | None = None) -> Report:
 
 
 def build_report(ctx: DoctorContext) -> Report:
-    sections = tuple(Section(module.TITLE, tuple(_run(module, ctx))) for module in SECTIONS)
+    # Checks look at paths the server names (its install dir, LD_PRELOAD, library paths):
+    # with the server's rights, never root's (vgpumon/linux/fscreds.py).
+    with acting_as(ctx.server.environ.credentials if ctx.server else None):
+        sections = tuple(Section(module.TITLE, tuple(_run(module, ctx)))
+                         for module in SECTIONS)
     server = ctx.server.process.pid if ctx.server else None
     facts = {
         "server_pid": server,
@@ -36,7 +41,10 @@ def build_report(ctx: DoctorContext) -> Report:
         "era": ctx.era.name if ctx.era else None,
         "ollama_url": ctx.config.ollama.url,
     }
-    return Report(sections, time.time(), ctx.hostname, ctx.config.source, __version__, facts)
+    failed = {c.id for s in sections for c in s.checks if c.status is Status.FAIL}
+    lead = tuple(i for i in ROOT_CAUSES if i in failed)
+    return Report(sections, time.time(), ctx.hostname, ctx.config.source, __version__, facts,
+                  lead)
 
 
 def _run(module: CheckModule, ctx: DoctorContext) -> list[Check]:

@@ -16,22 +16,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from vgpumon.config.schema import Config
+from vgpumon.config.schema import RUNNER, SERVER, Config
 from vgpumon.doctor import eras
-from vgpumon.doctor.eras import LATEST, Era, era_of
+from vgpumon.doctor.eras import LATEST, Era, at_least, era_of
 from vgpumon.doctor.kmsg import KernelLog, read_kernel_log
 from vgpumon.doctor.libsearch import (
     Candidate,
     LibraryResolution,
     file_ids,
     find_candidates,
-    install_lib_dir,
+    find_install_dir,
     loadable_executable,
     resolve_candidate,
 )
 from vgpumon.doctor.loader.ldresolve import FileId
 from vgpumon.doctor.loadtest import LoadTestResult, run_load_test
-from vgpumon.doctor.logread import LogReadout, read_log
+from vgpumon.doctor.logread import Locate, LogReadout, container_locator, read_log
 from vgpumon.doctor.modelload import ModelLoad, load_model
 from vgpumon.doctor.privileges import (
     Privileges,
@@ -40,20 +40,33 @@ from vgpumon.doctor.privileges import (
     describe_error,
 )
 from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
+from vgpumon.linux.fscreds import acting_as
 from vgpumon.linux.paths import FileView, process_view
-from vgpumon.linux.procfs import DELETED_SUFFIX, Credentials, ProcFS, ProcParseError
+from vgpumon.linux.procfs import (
+    DELETED_SUFFIX,
+    Credentials,
+    ProcFS,
+    ProcParseError,
+    parse_maps,
+    select_lines,
+)
 from vgpumon.model.events import OLLAMA_VERSION, RUNNER_EXITED, RUNNER_READY, Event
-from vgpumon.ollama.manifests import BlobNames, blob_digest_from_model_arg, model_names_by_blob
+from vgpumon.ollama.manifests import (
+    BlobNames,
+    blob_digest_from_model_arg,
+    model_label,
+    model_names_by_blob,
+)
 from vgpumon.snapshot.host import HostState, ProcessState
 from vgpumon.snapshot.observer import HostObserver
 from vgpumon.sources.ollama_api import OllamaApiState, poll
-from vgpumon.sources.processes import TrackedProcess
+from vgpumon.sources.processes import TrackedProcess, server_of
 
-SERVER, RUNNER, DISCOVERY = "server", "runner", "discovery"
 GGML_CUDA = "ggml-cuda"
 RELEVANT_NAMES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "GGML_BACKEND_PATH")
 LOG_LOOKBACK = 3600.0  # at least this much log, for restarts and crash loops
 RUNNER_WAIT = 5.0  # after --load-model: how long to wait for its runner and its log lines
+_LIB_OLLAMA_MAPPED = re.compile(rb"/lib/ollama/")  # a maps line of a file of the install
 T = TypeVar("T")
 
 
@@ -98,6 +111,8 @@ class ServerFacts:
     view_note: str | None  # why paths are looked up where they are
     same_root: bool  # the server sees the host's / (no container): the load test can run
     unit: str | None  # systemd unit from /proc/PID/cgroup
+    # Files it maps under a ``…/lib/ollama/`` dir (paths in its view); None: maps unreadable.
+    lib_mappings: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,8 @@ class LibraryFacts:
     executable: str | None
     shims: Mapping[FileId, str] = field(default_factory=dict)  # shim files in the server's view
     notes: tuple[str, ...] = ()
+    lib_dir_from: str = ""  # which fact decided `lib_dir`, or where the doctor looked
+    environ_derived: str = ""  # non-empty: `environ` was derived from the server's, and why
 
 
 @dataclass(frozen=True)
@@ -149,10 +166,11 @@ class DoctorContext:
         return self.group(RUNNER)
 
     def model_label(self, blob: str | None) -> str:
+        """The model's name as the metrics label it, said as a blob where it has none."""
         if not blob:
             return "unknown model"
-        known = self.names.get(blob)
-        return known[0] if known else f"blob {blob[:12]}"
+        label = model_label(blob, self.names)
+        return label if self.names.get(blob) else f"blob {label}"
 
     def runner_label(self, process: TrackedProcess) -> str:
         blob = blob_digest_from_model_arg(process.model_arg or "")
@@ -222,7 +240,10 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
     }
     api = step("api", lambda: poll(config.ollama.url, config.ollama.timeout, now), None)
     since = log_since(config, server, now)
-    log = step("log", lambda: read_log_for(config, options, since, privileges, model_load, blob),
+    locate = container_locator(observer, server.process.pid if server else None,
+                               config.ollama.log)
+    log = step("log", lambda: read_log_for(config, options, since, privileges, model_load, blob,
+                                           locate),
                LogReadout("", since, error="not read"))
     version, version_from = ollama_version(api, log)
     era = era_of(version)
@@ -232,7 +253,7 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
         api=api, log=log, version=version, version_from=version_from, era=era, names=names,
         model_load=model_load, model_blob=blob,
     )
-    libraries = step("libraries", lambda: library_facts(context), None)
+    libraries = step("libraries", lambda: _as_server(context, library_facts), None)
     load_test = None
     if options.load_test:
         load_test = step("load test", lambda: load_test_for(context, libraries), None)
@@ -244,6 +265,13 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
                                                          options.kmsg), None)
     return replace(context, libraries=libraries, load_test=load_test, systemd=systemd,
                    kernel=kernel, problems=tuple(problems))
+
+
+def _as_server(ctx: DoctorContext, action: Callable[[DoctorContext], T]) -> T:
+    """Run `action` looking at files with the server's rights: it follows paths the server
+    names, and must not show what the server's user could not see (linux/fscreds.py)."""
+    with acting_as(ctx.server.environ.credentials if ctx.server else None):
+        return action(ctx)
 
 
 def read_environ(procfs: ProcFS, pid: int) -> ProcessEnviron:
@@ -261,10 +289,9 @@ def read_environ(procfs: ProcFS, pid: int) -> ProcessEnviron:
 
 
 def server_facts(procfs: ProcFS, state: HostState, host_view: FileView) -> ServerFacts | None:
-    servers = state.in_group(SERVER)
-    if not servers:
+    process = server_of(p.process for p in state.processes)
+    if process is None:
         return None
-    process = min(servers, key=lambda p: p.process.start_time).process
     view, same_root, view_note = server_view(procfs, process.pid, host_view)
     exe, exe_note = executable_of(procfs, process)
     try:
@@ -277,7 +304,18 @@ def server_facts(procfs: ProcFS, state: HostState, host_view: FileView) -> Serve
     except OSError:
         unit = None
     return ServerFacts(process, read_environ(procfs, process.pid), exe, exe_note, cwd, view,
-                       view_note, same_root, unit)
+                       view_note, same_root, unit, ollama_mappings(procfs, process.pid))
+
+
+def ollama_mappings(procfs: ProcFS, pid: int) -> tuple[str, ...] | None:
+    """The files `pid` maps under a ``…/lib/ollama/`` dir (where its install is); None when
+    its maps cannot be read."""
+    try:
+        data = procfs.read(pid, "maps")
+    except OSError:
+        return None
+    selected = select_lines(data, [_LIB_OLLAMA_MAPPED])
+    return tuple(sorted({m.path for m in parse_maps(selected)}))
 
 
 def server_view(procfs: ProcFS, pid: int, host_view: FileView) -> tuple[FileView, bool, str | None]:
@@ -347,12 +385,13 @@ def log_since(config: Config, server: ServerFacts | None, now: float) -> float:
 
 
 def read_log_for(config: Config, options: DoctorOptions, since: float, privileges: Privileges,
-                 model_load: ModelLoad | None, blob: str | None) -> LogReadout:
+                 model_load: ModelLoad | None, blob: str | None,
+                 locate: Locate | None = None) -> LogReadout:
     """The log; after a model load, read again until the load's outcome is in it (the server
     writes the runner's lines through a pipe, a moment after answering)."""
     deadline = time.monotonic() + RUNNER_WAIT
     while True:
-        log = read_log(config.ollama.log, since, privileges, options.journalctl)
+        log = read_log(config.ollama.log, since, privileges, options.journalctl, locate=locate)
         if model_load is None or blob is None or log.error or time.monotonic() > deadline:
             return log
         outcome = (RUNNER_READY, RUNNER_EXITED)
@@ -378,7 +417,8 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
     if server is None:
         return None
     view = server.view
-    lib_dir = install_lib_dir(view, server.exe)
+    install = find_install_dir(view, server.environ.variables, server.lib_mappings, server.exe)
+    lib_dir = install.path
     environs: dict[str, Mapping[str, str]] = {}
     for pid, env in ctx.runner_environs.items():
         if env.variables is not None:
@@ -396,18 +436,17 @@ def library_facts(ctx: DoctorContext) -> LibraryFacts | None:
     executable, exe_note = loadable_executable(view, runner_executable(ctx, server, lib_dir))
     notes = [n for n in (exe_note,) if n]
     resolutions = []
-    environ: dict[str, str] = {}
-    environ_from, known = "no environment", True
+    shown: LoaderEnviron | None = None  # the first candidate's: the one the load test uses
     for candidate in existing:
         loader_env = loader_environ(ctx, candidate.path, lib_dir)
-        environ, environ_from, known = loader_env.variables, loader_env.whose, loader_env.known
-        resolutions.append(resolve_candidate(candidate, view, environ, executable, server.cwd,
-                                             shims))
-    if not existing:
-        loader_env = loader_environ(ctx, None, lib_dir)
-        environ, environ_from, known = loader_env.variables, loader_env.whose, loader_env.known
-    return LibraryFacts(lib_dir, candidates, tuple(resolutions), environ, environ_from,
-                        known, executable, shims, tuple(notes))
+        shown = shown or loader_env
+        resolutions.append(resolve_candidate(candidate, view, loader_env.variables, executable,
+                                             server.cwd, shims))
+    if shown is None:
+        shown = loader_environ(ctx, None, lib_dir)
+    return LibraryFacts(lib_dir, candidates, tuple(resolutions), shown.variables, shown.whose,
+                        shown.known, executable, shims, tuple(notes), install.source,
+                        shown.derived)
 
 
 def shim_files(view: FileView, config: Config) -> dict[FileId, str]:
@@ -441,18 +480,22 @@ def runner_executable(ctx: DoctorContext, server: ServerFacts,
 class LoaderEnviron:
     """The variables a runner loads the library with, whose they are, whether they are known
     (False: the server's own could not be read, so only what Ollama adds is there), and the
-    process whose rights a test load takes."""
+    process whose rights a test load takes. `derived` is empty for a running runner's own
+    variables, else a short note that they were derived from the server's and why."""
 
     variables: dict[str, str]
     whose: str
     known: bool
     owner: ProcessEnviron | None
+    derived: str = ""
 
 
 def loader_environ(ctx: DoctorContext, library: str | None,
                    lib_dir: str | None) -> LoaderEnviron:
-    """A running runner's own where readable, else the server's with what Ollama adds for a
-    runner of this version."""
+    """A running runner's own where readable, else the runner's derived from the server's as
+    Ollama of this version builds it for a runner (docs/ollama.md#environment-variables):
+    with no runner alive (say, after one crashed while loading) the server's plain variables
+    would miss the install's dirs, and its libraries would look missing."""
     for pid, env in sorted(ctx.runner_environs.items()):
         if env.variables is not None:
             return LoaderEnviron(dict(env.variables), f"runner pid {pid}", True, env)
@@ -460,15 +503,24 @@ def loader_environ(ctx: DoctorContext, library: str | None,
     server_env = ctx.server_environ
     known = server_env is not None
     base = dict(server_env or {})
-    whose = ("the server's environment" if known
-             else "an assumed environment (the server's could not be read)")
-    if lib_dir is None:
-        return LoaderEnviron(base, whose, known, owner)
     era = ctx.era or LATEST
+    if era.name == "B":  # the server loads the backend itself
+        whose = ("the server's environment" if known
+                 else "an assumed environment (the server's could not be read)")
+        return LoaderEnviron(base, f"{whose}: Ollama {ctx.version or ''} loads the CUDA "
+                             "backend into the server itself".replace("  ", " "), known, owner)
     cuda_dir = os.path.dirname(library) if library else None
     derived = eras.runner_environment(era, ctx.version, base, lib_dir, cuda_dir)
-    whose = f"{whose} plus what Ollama {ctx.version or ''} adds for a runner".replace("  ", " ")
-    return LoaderEnviron(derived, whose, known, owner)
+    why = "no runner is running" if not ctx.runners else \
+        "no runner's environment could be read"
+    ollama = (f"Ollama {ctx.version}" if ctx.version
+              else f"Ollama of {era.title} (the version is unknown)")
+    source = "the server's" if known else \
+        "an assumed server environment (the server's could not be read)"
+    whose = f"the runner's environment, derived from {source} as {ollama} builds it: {why}"
+    if lib_dir is None and at_least(ctx.version or LATEST.first, "0.3.7"):
+        whose += " (the install dir was not found: its dirs are left out)"
+    return LoaderEnviron(derived, whose, known, owner, f"derived from the server's: {why}")
 
 
 def load_test_for(ctx: DoctorContext, libraries: LibraryFacts | None) -> LoadTestResult | None:

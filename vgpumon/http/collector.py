@@ -8,34 +8,32 @@ library and link is exported even when nothing matches, so alerts can fire on ab
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vgpumon import __version__
+from vgpumon.config.schema import RUNNER
 from vgpumon.model.events import ALL_KINDS, LOG_ERROR_KINDS
 from vgpumon.model.exits import REASONS
-from vgpumon.ollama.api import LoadedModel as OllamaModel
-from vgpumon.ollama.manifests import blob_digest_from_model_arg, model_label
 from vgpumon.snapshot.counters import link_key
-from vgpumon.snapshot.host import ProcessState
+from vgpumon.snapshot.expectations import BACKEND_LIBRARY
+from vgpumon.snapshot.models import MAX_LABEL, MAX_MODELS, loaded_models
 from vgpumon.snapshot.ollama import OllamaState
 from vgpumon.snapshot.publication import Published
-from vgpumon.sources.libraries import bypassing
+from vgpumon.sources.identity import REASONS as IDENTITY_REASONS
+from vgpumon.sources.identity import has_identity_rules
 from vgpumon.sources.links import LINK_STATES
 
 log = logging.getLogger(__name__)
 
 EXIT_MECHANISMS = ("proc_connector", "pidfd", "poll")
 # The model label is bounded by the locally pulled models; this caps it even so.
-MAX_MODELS = 100
-MAX_LABEL = 200
 OVERFLOW_SOURCES = ("proc_connector", "inotify", "kmsg")
 
 
@@ -132,7 +130,8 @@ def process_families(published: Published) -> Iterator[Metric]:
                                    "Processes whose maps could not be read (permission).",
                                    labels=["group"])
     bypass = GaugeMetricFamily("vgpumon_processes_bypassing_shim",
-                               "Processes mapping the real driver while mapping no shim.",
+                               "Processes that expect a shim and get the real library it "
+                               "stands for instead (docs/configuration.md#expectations).",
                                labels=["group"])
     containers = GaugeMetricFamily("vgpumon_process_container_info",
                                    "Containers the group's processes run in (runtime://id; "
@@ -141,8 +140,6 @@ def process_families(published: Published) -> Iterator[Metric]:
     gpu = GaugeMetricFamily("vgpumon_processes_with_gpu_device",
                             "Processes mapping an NVIDIA device file (they hold a CUDA context).",
                             labels=["group"])
-    drivers = frozenset(spec.name for spec in config.libraries if spec.driver)
-    shims = frozenset(config.shims)
     for group in config.groups:
         members = state.in_group(group.name)
         readable = [m for m in members if m.libraries.readable]
@@ -150,12 +147,20 @@ def process_families(published: Published) -> Iterator[Metric]:
         if members:
             oldest.add_metric([group.name], min(m.process.start_time for m in members))
         unreadable.add_metric([group.name], len(members) - len(readable))
-        bypass.add_metric([group.name],
-                          sum(1 for m in readable if bypassing(m.libraries, drivers, shims)))
+        bypass.add_metric([group.name], sum(1 for m in readable if m.bypasses))
         gpu.add_metric([group.name], sum(1 for m in readable if m.libraries.gpu_device))
         for container in sorted({m.process.container for m in members if m.process.container}):
             containers.add_metric([group.name, container], 1)
-    yield from (count, oldest, unreadable, bypass, gpu, containers)
+    rejected = GaugeMetricFamily("vgpumon_processes_rejected",
+                                 "Processes that match the group's patterns but not its "
+                                 "identity rules (look-alikes; docs/configuration.md#membership).",
+                                 labels=["group", "reason"])
+    by_reason = Counter((r.group, r.reason) for r in state.rejected)
+    for group in config.groups:
+        if has_identity_rules(group):
+            for reason in IDENTITY_REASONS:
+                rejected.add_metric([group.name, reason], by_reason.get((group.name, reason), 0))
+    yield from (count, oldest, unreadable, bypass, gpu, containers, rejected)
     yield from gpu_memory_families(published)
 
 
@@ -186,15 +191,36 @@ def library_families(published: Published) -> Iterator[Metric]:
     stale = GaugeMetricFamily("vgpumon_processes_stale_library",
                               "Processes mapping a deleted or replaced copy of the library.",
                               labels=["group", "library"])
+    expected = GaugeMetricFamily("vgpumon_library_expected",
+                                 "Processes in the group expected to map the library, by why: "
+                                 "config (expect:), preload (LD_PRELOAD), ld_so_preload, link, "
+                                 "backend (docs/configuration.md#expectations).",
+                                 labels=["group", "library", "because"])
+    preload_failed = GaugeMetricFamily("vgpumon_processes_preload_failed",
+                                       "Processes told to preload the shim (LD_PRELOAD or "
+                                       "/etc/ld.so.preload) that do not map it.",
+                                       labels=["group", "library"])
     for group in config.groups:
-        readable = [m.libraries for m in state.in_group(group.name) if m.libraries.readable]
+        members = [m for m in state.in_group(group.name) if m.libraries.readable]
+        readable = [m.libraries for m in members]
+        may_expect = set(group.expect) if not group.expect_auto else \
+            set(config.shims) | ({BACKEND_LIBRARY} & {s.name for s in config.libraries}
+                                 if group.name == RUNNER else set())
         for spec in config.libraries:
             labels = [group.name, spec.name]
             mapped.add_metric(labels, sum(1 for libs in readable if libs.mapped(spec.name)))
             stale.add_metric(labels, sum(1 for libs in readable if libs.stale(spec.name)))
-            if spec.name in group.expect:
-                missing.add_metric(labels,
-                                   sum(1 for libs in readable if not libs.mapped(spec.name)))
+            if spec.name in may_expect:
+                missing.add_metric(labels, sum(
+                    1 for m in members
+                    if any(e.library == spec.name for e in m.expected)
+                    and not m.libraries.mapped(spec.name)))
+            if spec.name in config.shims:
+                preload_failed.add_metric(labels, sum(
+                    1 for m in members if spec.name in m.preload_failed))
+        reasons = Counter((e.library, e.because) for m in members for e in m.expected)
+        for (library, because), count in sorted(reasons.items()):
+            expected.add_metric([group.name, library, because], count)
     present = GaugeMetricFamily("vgpumon_library_present",
                                 "Whether a path: library exists on disk.", labels=["library"])
     for found in state.library_files:
@@ -205,7 +231,7 @@ def library_families(published: Published) -> Iterator[Metric]:
     for spec in config.libraries:
         kind = "shim" if spec.name in config.shims else "driver" if spec.driver else "library"
         info.add_metric([spec.name, kind], 1)
-    yield from (mapped, missing, stale, present, info)
+    yield from (mapped, missing, stale, present, info, expected, preload_failed)
 
 
 def link_families(published: Published) -> Iterator[Metric]:
@@ -269,53 +295,6 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
                 threshold, window)
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded now, as the exporter labels it."""
-
-    offload_key: str | None  # blob digest, or the model file of a bare llama-server
-    api: OllamaModel | None  # its /api/ps entry, if listed there
-
-
-def loaded_models(published: Published) -> dict[str, LoadedModel]:
-    """Model label -> what is known of it, for every model loaded now: listed by /api/ps, run
-    by a tracked runner, or mapped by a tracked process (see `models_of_process`). Labels
-    come from the local manifests (or the runner's model file name), never from what the API
-    says."""
-    ollama = published.state.ollama
-    blob_of_name = {name: blob for blob, names in ollama.names.items() for name in names}
-    models: dict[str, LoadedModel] = {}
-    if ollama.api is not None and ollama.api.up:
-        for model in ollama.api.models or ():
-            blob = blob_of_name.get(model.name)
-            label = model.name if blob is not None else model_label(model.digest, {})
-            models.setdefault(label[:MAX_LABEL], LoadedModel(blob, model))
-    listed = {loaded.offload_key for loaded in models.values()}
-    for state in published.state.processes:
-        for key, label in models_of_process(state, ollama.names):
-            if key in listed:
-                continue  # already there, perhaps under the name /api/ps gave it
-            listed.add(key)
-            models.setdefault(label[:MAX_LABEL], LoadedModel(key, None))
-    return dict(sorted(models.items())[:MAX_MODELS])
-
-
-def models_of_process(state: ProcessState,
-                      names: Mapping[str, tuple[str, ...]]) -> list[tuple[str, str]]:
-    """(offload key, label) of each model a process runs: the one its ``--model`` names, and
-    the model blobs it maps (before 0.1.32 the model is loaded inside ``ollama serve``)."""
-    found = []
-    argument = state.process.model_arg
-    if argument:
-        blob = blob_digest_from_model_arg(argument)
-        if blob is not None:
-            found.append((blob, model_label(blob, names)))
-        else:  # a model file given directly (llama-server -m FILE)
-            found.append((argument, os.path.basename(argument)))
-    found += [(blob, model_label(blob, names)) for blob in state.libraries.model_blobs]
-    return found
-
-
 def ollama_families(published: Published) -> Iterator[Metric]:
     ollama: OllamaState = published.state.ollama
     api = ollama.api
@@ -373,7 +352,7 @@ def model_families(published: Published) -> Iterator[Metric]:
     estimated = GaugeMetricFamily("vgpumon_ollama_model_offload_estimated",
                                   "1 when the GPU layers are only the server's estimate.",
                                   labels=["model"])
-    for label, loaded in loaded_models(published).items():
+    for label, loaded in loaded_models(published.state).items():
         if loaded.api is not None:
             size.add_metric([label], loaded.api.size)
             if loaded.api.size_vram is not None:

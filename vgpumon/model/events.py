@@ -18,6 +18,9 @@ LIBRARY_LOADED = "library_loaded"
 LIBRARY_UNLOADED = "library_unloaded"
 LIBRARY_STALE = "library_stale"
 SHIM_LINK_CHANGED = "shim_link_changed"
+PROCESS_REJECTED = "process_rejected"  # matched a group's patterns, not its identity rules
+PRELOAD_FAILED = "preload_failed"  # a shim named in LD_PRELOAD or ld.so.preload is not mapped
+SHIM_BYPASSED = "shim_bypassed"  # a process that expects a shim got the real library
 CRASH_LOOP_STARTED = "crash_loop_started"
 CRASH_LOOP_ENDED = "crash_loop_ended"
 OLLAMA_VERSION = "ollama_version"
@@ -54,6 +57,9 @@ ALL_KINDS = (
     LIBRARY_UNLOADED,
     LIBRARY_STALE,
     SHIM_LINK_CHANGED,
+    PROCESS_REJECTED,
+    PRELOAD_FAILED,
+    SHIM_BYPASSED,
     CRASH_LOOP_STARTED,
     CRASH_LOOP_ENDED,
     OLLAMA_VERSION,

@@ -31,8 +31,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vgpumon.linux.waitstatus import signal_name
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
+from vgpumon.model.exits import CRASH, ERROR, reason_for_exit_code
 from vgpumon.ollama import exits
 from vgpumon.ollama.gotrace import GoCrash, GoTraceReader
 from vgpumon.ollama.logline import LogRecord
@@ -434,7 +436,7 @@ class LogInterpreter:
             return self._exited(
                 line,
                 rest,
-                status=exits.ExitStatus(exits.reason_for_exit_code(code), exit_code=code),
+                status=exits.ReportedExit(reason_for_exit_code(code), exit_code=code),
             )
         return self._exited(line, rest)
 
@@ -443,7 +445,7 @@ class LogInterpreter:
         line: _Line,
         exit_text: str,
         *,
-        status: exits.ExitStatus | None = None,
+        status: exits.ReportedExit | None = None,
         exit_attr: int | None = None,
         message: str | None = None,
     ) -> list[Event]:
@@ -452,7 +454,7 @@ class LogInterpreter:
         fields: dict[str, Any] = {
             "reason": status.reason,
             "exit_code": status.exit_code if status.exit_code is not None else exit_attr,
-            "signal": exits.signal_name(status.signal),
+            "signal": signal_name(status.signal),
             "core_dumped": True if status.core_dumped else None,
             "message": message if message is not None else line.describe(),
         }
@@ -464,12 +466,12 @@ class LogInterpreter:
         exited = line.event(ev.RUNNER_EXITED, self._of_model(fields))
         return [*self._release_estimate(), exited]
 
-    def _refine_with_crash(self, fields: dict[str, Any], status: exits.ExitStatus) -> None:
+    def _refine_with_crash(self, fields: dict[str, Any], status: exits.ReportedExit) -> None:
         crash = self._crash
         go_exit = status.signal is None and status.exit_code in (None, 2)
-        if crash is None or not go_exit or status.reason not in (exits.ERROR, exits.CRASH):
+        if crash is None or not go_exit or status.reason not in (ERROR, CRASH):
             return
-        fields["reason"] = exits.CRASH
+        fields["reason"] = CRASH
         fields["crash_signal"] = crash.signal
         fields["pc"] = crash.pc
 

@@ -7,17 +7,21 @@ from dataclasses import dataclass, field
 
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
+from vgpumon.snapshot.expectations import Bypass, Expectation
 from vgpumon.snapshot.ollama import OllamaState
 from vgpumon.sources.libraries import LibraryFile, ProcessLibraries
 from vgpumon.sources.links import ShimLinkState
 from vgpumon.sources.nvml import GpuMemory
-from vgpumon.sources.processes import TrackedProcess
+from vgpumon.sources.processes import RejectedProcess, TrackedProcess
 
 
 @dataclass(frozen=True)
 class ProcessState:
     process: TrackedProcess
     libraries: ProcessLibraries
+    expected: tuple[Expectation, ...] = ()  # what it should map, and why
+    preload_failed: tuple[str, ...] = ()  # shims it was told to preload and does not map
+    bypasses: tuple[Bypass, ...] = ()  # shims it goes around
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class HostState:
     collectors: tuple[CollectorStatus, ...] = ()
     ollama: OllamaState = field(default_factory=OllamaState)
     gpu_memory: GpuMemory | None = None  # None: no NVML on this host
+    rejected: tuple[RejectedProcess, ...] = ()  # look-alikes: never members
 
     def in_group(self, group: str) -> tuple[ProcessState, ...]:
         return tuple(p for p in self.processes if p.process.group == group)
@@ -68,6 +73,10 @@ def diff(old: HostState, new: HostState) -> SnapshotDiff:
         before = old_by_key.get(key)
         changes.extend(_library_changes(before, now_state, new.taken_at))
     changes.extend(_link_changes(old.links, new.links, new.taken_at))
+    seen_before = {r.key for r in old.rejected}
+    changes.extend(Event(new.taken_at, ev.PROCESS_REJECTED, {
+        "group": r.group, "pid": r.pid, "uid": r.uid, "reason": r.reason, "comm": r.comm})
+        for r in new.rejected if r.key not in seen_before)
     return SnapshotDiff(started, vanished, tuple(changes))
 
 
@@ -105,6 +114,25 @@ def _library_changes(before: ProcessState | None, now: ProcessState, ts: float) 
     for library, mapping in old_mapped.items():
         if library not in new_mapped:
             yield event(ev.LIBRARY_UNLOADED, library, mapping.path)
+    yield from _judgement_changes(before, now, ts)
+
+
+def _judgement_changes(before: ProcessState | None, now: ProcessState,
+                       ts: float) -> Iterable[Event]:
+    """A preload that failed and a shim bypassed, each once, when first judged so."""
+    process = now.process
+    base = {"group": process.group, "pid": process.pid}
+    failed_before = set(before.preload_failed) if before is not None else set()
+    because = {e.library: e.because for e in now.expected}
+    for library in now.preload_failed:
+        if library not in failed_before:
+            yield Event(ts, ev.PRELOAD_FAILED,
+                        {**base, "library": library, "because": because.get(library, "")})
+    bypassed_before = set(before.bypasses) if before is not None else set()
+    for bypass in now.bypasses:
+        if bypass not in bypassed_before:
+            yield Event(ts, ev.SHIM_BYPASSED,
+                        {**base, "shim": bypass.shim, "real": bypass.real, "why": bypass.why})
 
 
 def _link_changes(old: tuple[ShimLinkState, ...], new: tuple[ShimLinkState, ...],

@@ -24,6 +24,13 @@ from vgpumon.config.schema import Config
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import ProcessMaps, ProcFS
 from vgpumon.model import collectors
+from vgpumon.snapshot.expectations import (
+    BACKEND_LIBRARY,
+    PRELOAD_SETTLE_SECONDS,
+    bypasses,
+    expectations,
+    preload_failures,
+)
 from vgpumon.snapshot.health import CollectorHealth
 from vgpumon.snapshot.host import HostState, ProcessState
 from vgpumon.sources.libraries import (
@@ -35,12 +42,12 @@ from vgpumon.sources.libraries import (
     read_process_libraries,
 )
 from vgpumon.sources.links import ShimLinkState, check_link
+from vgpumon.sources.loader_env import LoaderVariables, read_loader_variables, soname_of
 from vgpumon.sources.nvml import GpuMemory, NvmlReader
-from vgpumon.sources.processes import ProcessScanner, TrackedProcess
+from vgpumon.sources.processes import ProcessScanner, TrackedProcess, server_of
 
 log = logging.getLogger(__name__)
 
-SERVER_GROUP = "server"
 # Maps of processes that exited are kept this long for crash attribution.
 EXITED_MAPS_KEPT = 64
 NOT_READ = ProcessLibraries(readable=False, error="not read yet")
@@ -65,6 +72,8 @@ class HostObserver:
         self.health = health or CollectorHealth()
         self.host_view = FileView(config.rootfs, "host")
         self._scanner = ProcessScanner(self.procfs, config.groups)
+        self._groups = {group.name: group for group in config.groups}
+        self._specs = {spec.name: spec for spec in config.libraries}
         self._processes: tuple[TrackedProcess, ...] = ()
         self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
         self._maps: dict[tuple[int, int], ProcessMaps] = {}
@@ -77,6 +86,11 @@ class HostObserver:
         if self._nvml is None and config.nvml == "on":
             log.warning("nvml: on, but NVML is not available (see the reason above)")
         self._gpu_memory: GpuMemory | None = None
+        self._loader: dict[tuple[int, int], LoaderVariables] = {}
+        self._loaded_early: dict[tuple[int, int], frozenset[str]] = {}
+        self._sonames: dict[tuple[tuple[int, int], str], str | None] = {}
+        # The last judgement of each process, and the maps state it was made from.
+        self._judged: dict[tuple[int, int], tuple[ProcessLibraries, bool, ProcessState]] = {}
 
     # -- refreshes ------------------------------------------------------------------------------
 
@@ -132,14 +146,63 @@ class HostObserver:
     def snapshot(self, now: float) -> HostState:
         return HostState(
             taken_at=now,
-            processes=tuple(
-                ProcessState(p, self._libraries.get(p.key, NOT_READ)) for p in self._processes
-            ),
+            processes=tuple(self._judge(p, now) for p in self._processes),
             links=self._links,
             library_files=self._library_files,
             collectors=self.health.statuses(),
             gpu_memory=self._gpu_memory,
+            rejected=self._scanner.rejected(),
         )
+
+    def _judge(self, process: TrackedProcess, now: float) -> ProcessState:
+        """The process with what it is expected to map and whether it bypasses a shim;
+        judged again only when its maps were read again (or it became old enough for its
+        preloads to be judged)."""
+        libraries = self._libraries.get(process.key, NOT_READ)
+        settled = now - process.start_time >= PRELOAD_SETTLE_SECONDS
+        last = self._judged.get(process.key)
+        if last is not None and last[0] is libraries and last[1] == settled:
+            return last[2]
+        state = ProcessState(process, libraries)
+        group = self._groups.get(process.group)
+        if group is not None and libraries.readable:
+            loader = self._loader.get(process.key)
+            sonames = self._sonames_of(process, libraries)
+            expected = expectations(group, self.config, loader, libraries, sonames)
+            state = ProcessState(
+                process, libraries, expected,
+                preload_failures(expected, libraries) if settled else (),
+                bypasses(self.config, expected, libraries, sonames,
+                         self._loaded_early.get(process.key, frozenset())))
+        self._judged[process.key] = (libraries, settled, state)
+        return state
+
+    def _note_loaded_early(self, key: tuple[int, int], libraries: ProcessLibraries) -> None:
+        """Real libraries (what a shim stands for) seen mapped while the CUDA backend is not:
+        loaded at start, by a preload. Kept for the process's life."""
+        if not libraries.readable or libraries.mapped(BACKEND_LIBRARY):
+            return
+        early = {spec.stands_for for spec in self._specs.values()
+                 if spec.stands_for is not None and libraries.mapped(spec.stands_for)}
+        if early:
+            self._loaded_early[key] = self._loaded_early.get(key, frozenset()) | early
+
+    def _sonames_of(self, process: TrackedProcess,
+                    libraries: ProcessLibraries) -> dict[str, str | None]:
+        """SONAMEs of the files mapped for shims that stand for a library, and for those."""
+        wanted = set()
+        for name in self.config.shims:
+            spec = self._specs.get(name)
+            if spec is not None and spec.stands_for is not None:
+                wanted |= {name, spec.stands_for}
+        found: dict[str, str | None] = {}
+        for mapping in libraries.mappings:
+            if mapping.library in wanted and mapping.library not in found:
+                key = (process.key, mapping.path)
+                if key not in self._sonames:
+                    self._sonames[key] = soname_of(self.procfs, process.pid, mapping.path)
+                found[mapping.library] = self._sonames[key]
+        return found
 
     def last_maps(self, key: tuple[int, int]) -> ProcessMaps:
         """The maps last read for a process, also shortly after it exited (crash attribution)."""
@@ -168,9 +231,7 @@ class HostObserver:
         return frozenset(dirs)
 
     def server(self) -> TrackedProcess | None:
-        """The Ollama server: the oldest process of the group named ``server``."""
-        servers = [p for p in self._processes if p.group == SERVER_GROUP]
-        return min(servers, key=lambda p: p.start_time) if servers else None
+        return server_of(self._processes)
 
     def view(self, name: str) -> FileView | None:
         """The filesystem view a configured path lives in (``host`` or ``server``)."""
@@ -190,6 +251,11 @@ class HostObserver:
         for key in list(self._maps_read):
             if key not in live:
                 del self._maps_read[key]
+        for table in (self._loader, self._judged, self._loaded_early):
+            for key in [key for key in table if key not in live]:
+                del table[key]
+        for soname_key in [k for k in self._sonames if k[0] not in live]:
+            del self._sonames[soname_key]
         for key in list(self._maps):
             if key not in live:
                 self._exited_maps[key] = self._maps.pop(key)
@@ -233,12 +299,15 @@ class HostObserver:
         self.health.run(collectors.MAPS, now, read)
 
     def _read_maps(self, process: TrackedProcess) -> None:
+        if process.key not in self._loader:  # fixed at exec: read once
+            self._loader[process.key] = read_loader_variables(self.procfs, process.pid)
         before = self._vsize(process.pid)
         libraries, maps = read_process_libraries(self.procfs, process.pid, self._matcher)
         if libraries.readable and not maps:
             # Only a zombie maps nothing at all; keep the last state until it is reaped.
             return
         self._libraries[process.key] = libraries
+        self._note_loaded_early(process.key, libraries)
         self._maps_read.pop(process.key, None)
         if maps:
             self._maps[process.key] = maps

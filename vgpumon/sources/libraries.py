@@ -213,10 +213,3 @@ def _glob_superset(pattern: str) -> bytes:
 
 def _describe(err: OSError) -> str:
     return err.strerror or str(err)
-
-
-def bypassing(libraries: ProcessLibraries, driver_names: frozenset[str],
-              shim_names: frozenset[str]) -> bool:
-    """A `driver: true` library is mapped while no shim is."""
-    names = {m.library for m in libraries.mappings}
-    return bool(names & driver_names) and not names & shim_names

@@ -11,12 +11,17 @@ group.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from vgpumon.config.schema import GroupSpec
+from vgpumon.config.patterns import search_limit
+from vgpumon.config.schema import SERVER, GroupSpec
 from vgpumon.linux.containers import container_of
-from vgpumon.linux.procfs import ProcFS, ProcParseError
+from vgpumon.linux.procfs import CMDLINE_LIMIT, ProcFS, ProcParseError
+from vgpumon.model.untrusted import clip, clip_argv
+from vgpumon.sources.identity import PARENT, has_identity_rules, read_executable, rejection
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,11 @@ log = logging.getLogger(__name__)
 # a fork-then-exec to settle, short enough that a busy host does not re-read much.
 YOUNG_SECONDS = 30.0
 YOUNG_RECHECKS = 2
+# What is kept of a tracked process's argv and --model value (for /state, the landing page,
+# events and the doctor): a process chooses these, so they are clipped with a marker. Patterns
+# see more: the space-joined first CMDLINE_LIMIT characters (docs/reliability.md).
+CMDLINE_KEEP = 4096
+MODEL_ARG_KEEP = 4096
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,28 @@ class TrackedProcess:
     ppid: int
     group: str
     comm: str
-    cmdline: tuple[str, ...]
+    cmdline: tuple[str, ...]  # clipped to CMDLINE_KEEP characters (clip_argv)
     exe: str | None
-    model_arg: str | None
+    model_arg: str | None  # clipped to MODEL_ARG_KEEP characters
     container: str | None = None  # runtime://id, None on the host
+    uid: int | None = None  # whose it is (the owner of /proc/PID)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.pid, self.start_ticks)
+
+
+@dataclass(frozen=True)
+class RejectedProcess:
+    """A process that matched a group's patterns but not its identity rules: a look-alike
+    (vgpumon.sources.identity). Never a member; counted apart."""
+
+    pid: int
+    start_ticks: int
+    group: str
+    reason: str
+    uid: int | None
+    comm: str
 
     @property
     def key(self) -> tuple[int, int]:
@@ -54,6 +82,7 @@ class _Seen:
     tracked: TrackedProcess | None
     rechecks_left: int
     vsize: int | None = None  # address-space size at the last look (tracked processes)
+    rejected: RejectedProcess | None = None
 
 
 class _SeenTable(dict[int, _Seen]):
@@ -63,6 +92,7 @@ class _SeenTable(dict[int, _Seen]):
     def __init__(self) -> None:
         super().__init__()
         self.tracked: dict[int, TrackedProcess] = {}
+        self.rejected: dict[int, RejectedProcess] = {}
         self.look_again: set[int] = set()
 
     def update_tracked(self, pid: int) -> None:
@@ -71,6 +101,10 @@ class _SeenTable(dict[int, _Seen]):
             self.tracked[pid] = seen.tracked
         else:
             self.tracked.pop(pid, None)
+        if seen is not None and seen.rejected is not None:
+            self.rejected[pid] = seen.rejected
+        else:
+            self.rejected.pop(pid, None)
         if seen is not None and (seen.tracked is not None or seen.rechecks_left > 0):
             self.look_again.add(pid)
         else:
@@ -87,16 +121,28 @@ def model_argument(cmdline: tuple[str, ...]) -> str | None:
     return None
 
 
+def match_text(cmdline: tuple[str, ...]) -> str:
+    """What the cmdline patterns are searched in: the space-joined argv, at most its first
+    `CMDLINE_LIMIT` characters, so that a pattern's cost is bounded whatever argv it meets."""
+    return " ".join(cmdline)[:CMDLINE_LIMIT]
+
+
+def found(pattern: re.Pattern[str], text: str) -> bool:
+    """Whether `pattern` occurs in `text`, searched no further than the pattern's cost allows
+    (`vgpumon.config.patterns.search_limit`: a quadratic one sees the first 1 KiB)."""
+    return pattern.search(text, 0, search_limit(pattern)) is not None
+
+
 def classify(groups: Iterable[GroupSpec], comm: str, exe: str | None,
              cmdline: tuple[str, ...]) -> str | None:
     """The first group whose patterns all match, or None."""
-    joined = " ".join(cmdline)
+    joined = match_text(cmdline)
     for group in groups:
-        if group.comm is not None and not group.comm.search(comm):
+        if group.comm is not None and not found(group.comm, comm):
             continue
-        if group.exe is not None and (exe is None or not group.exe.search(exe)):
+        if group.exe is not None and (exe is None or not found(group.exe, exe)):
             continue
-        if group.cmdline is not None and not group.cmdline.search(joined):
+        if group.cmdline is not None and not found(group.cmdline, joined):
             continue
         return group.name
     return None
@@ -109,6 +155,7 @@ class ProcessScanner:
         self._procfs = procfs
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
+        self._by_name = {group.name: group for group in groups}
         # When every group has a cmdline pattern, a cmdline none of them matches decides
         # "not tracked" alone: no stat, exe or cgroup read.
         self._cmdline_patterns = tuple(g.cmdline for g in groups if g.cmdline is not None)
@@ -130,6 +177,7 @@ class ProcessScanner:
                 self._seen[int(name)] = self._first_look(int(name), now)
                 self._seen.update_tracked(int(name))
         self._listed = listed
+        self._admit_children_of_new_parents(now)
         for pid, seen in again:
             self._look_again(pid, seen, now)
             self._seen.update_tracked(pid)
@@ -160,6 +208,23 @@ class ProcessScanner:
         seen = self._seen.get(pid)
         return seen.vsize if seen is not None else None
 
+    def rejected(self) -> tuple[RejectedProcess, ...]:
+        return tuple(process for _, process in sorted(self._seen.rejected.items()))
+
+    def _admit_children_of_new_parents(self, now: float) -> None:
+        """Listed in any order, a runner may have been judged before its server: look again
+        at those rejected for their parent whose parent is a member now."""
+        for pid, rejected in list(self._seen.rejected.items()):
+            if rejected.reason != PARENT:
+                continue
+            try:
+                ppid = self._procfs.stat(pid).ppid
+            except (OSError, ProcParseError):
+                continue
+            if ppid in self._seen.tracked:
+                self._seen[pid] = self._first_look(pid, now)
+                self._seen.update_tracked(pid)
+
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return tuple(process for _, process in sorted(self._seen.tracked.items()))
 
@@ -172,8 +237,8 @@ class ProcessScanner:
                 cmdline = self._procfs.cmdline(pid)
             except OSError:
                 return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
-            joined = " ".join(cmdline)
-            if not any(pattern.search(joined) for pattern in self._cmdline_patterns):
+            joined = match_text(cmdline)
+            if not any(found(pattern, joined) for pattern in self._cmdline_patterns):
                 return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
         return self._first_look(pid, now)
 
@@ -184,8 +249,11 @@ class ProcessScanner:
             return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone or unreadable
         start_time = self._procfs.start_time(stat.start_ticks)
         young = now - start_time < YOUNG_SECONDS
-        tracked = self._classify(pid, stat.start_ticks, start_time, stat.ppid, stat.comm)
-        return _Seen(stat.start_ticks, tracked, YOUNG_RECHECKS if young else 0, stat.vsize)
+        found = self._classify(pid, stat.start_ticks, start_time, stat.ppid, stat.comm)
+        tracked = found if isinstance(found, TrackedProcess) else None
+        rejected = found if isinstance(found, RejectedProcess) else None
+        return _Seen(stat.start_ticks, tracked, YOUNG_RECHECKS if young else 0, stat.vsize,
+                     rejected)
 
     def _look_again(self, pid: int, seen: _Seen, now: float) -> None:
         try:
@@ -197,20 +265,23 @@ class ProcessScanner:
             fresh = self._first_look(pid, now)
             seen.start_ticks, seen.tracked = fresh.start_ticks, fresh.tracked
             seen.rechecks_left, seen.vsize = fresh.rechecks_left, fresh.vsize
+            seen.rejected = fresh.rejected
             return
         seen.vsize = stat.vsize
         if stat.state == "Z":  # exited, not yet reaped: nothing mapped any more
-            seen.tracked, seen.rechecks_left = None, 0
+            seen.tracked, seen.rechecks_left, seen.rejected = None, 0, None
             return
         if seen.rechecks_left > 0:
             seen.rechecks_left -= 1
             start_time = self._procfs.start_time(stat.start_ticks)
-            seen.tracked = self._classify(pid, stat.start_ticks, start_time, stat.ppid, stat.comm)
+            found = self._classify(pid, stat.start_ticks, start_time, stat.ppid, stat.comm)
+            seen.tracked = found if isinstance(found, TrackedProcess) else None
+            seen.rejected = found if isinstance(found, RejectedProcess) else None
         elif seen.tracked is not None and seen.tracked.ppid != stat.ppid:
             seen.tracked = replace(seen.tracked, ppid=stat.ppid)  # reparented (server died)
 
     def _classify(self, pid: int, start_ticks: int, start_time: float, ppid: int,
-                  comm: str) -> TrackedProcess | None:
+                  comm: str) -> TrackedProcess | RejectedProcess | None:
         try:
             cmdline = self._procfs.cmdline(pid)
         except OSError:
@@ -219,16 +290,41 @@ class ProcessScanner:
             return None  # kernel thread or zombie
         exe = self._read_exe(pid) if self._needs_exe else None
         group = classify(self._groups, comm, exe, cmdline)
-        if group is None or self._is_unexeced_fork(ppid, cmdline):
+        kept = clip_argv(cmdline, CMDLINE_KEEP)
+        if group is None or self._is_unexeced_fork(ppid, kept):
             return None
+        uid = self._read_uid(pid)
+        why = self._rejection(self._by_name[group], pid, ppid)
+        if why is not None:
+            return RejectedProcess(pid, start_ticks, group, why, uid, clip(comm, 64))
+        model_arg = model_argument(cmdline)
         return TrackedProcess(
             pid=pid, start_ticks=start_ticks, start_time=start_time, ppid=ppid, group=group,
-            comm=comm, cmdline=cmdline, exe=exe, model_arg=model_argument(cmdline),
-            container=self._read_container(pid),
+            comm=comm, cmdline=kept, exe=exe,
+            model_arg=clip(model_arg, MODEL_ARG_KEEP) if model_arg is not None else None,
+            container=self._read_container(pid), uid=uid,
         )
 
+    def _rejection(self, group: GroupSpec, pid: int, ppid: int) -> str | None:
+        """Why a process that matched `group`'s patterns is not its member (identity rules);
+        None for a member."""
+        if not has_identity_rules(group):
+            return None
+        parent = self._seen.tracked.get(ppid) if group.parent is not None else None
+        parent_ok = parent is not None and parent.group == group.parent
+        executable = read_executable(self._procfs, pid) if group.executables else None
+        return rejection(group, executable, parent_ok,
+                         parent.uid if parent_ok and parent is not None else None)
+
+    def _read_uid(self, pid: int) -> int | None:
+        try:
+            return os.stat(self._procfs.path(pid)).st_uid
+        except OSError:
+            return None
+
     def _is_unexeced_fork(self, ppid: int, cmdline: tuple[str, ...]) -> bool:
-        """A child that still carries its tracked parent's argv has forked but not yet exec'd."""
+        """A child that still carries its tracked parent's argv (both as kept) has forked but
+        not yet exec'd."""
         parent = self._seen.get(ppid)
         return bool(parent and parent.tracked and parent.tracked.cmdline == cmdline)
 
@@ -244,3 +340,9 @@ class ProcessScanner:
         except OSError:
             return None  # another user's process without CAP_SYS_PTRACE: match on the rest
 
+
+def server_of(processes: Iterable[TrackedProcess]) -> TrackedProcess | None:
+    """The Ollama server: the oldest member of the server group (a second one is a restart
+    overlapping, or a forked child not yet exec'd)."""
+    servers = [p for p in processes if p.group == SERVER]
+    return min(servers, key=lambda p: p.start_time) if servers else None

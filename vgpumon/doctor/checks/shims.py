@@ -6,13 +6,13 @@ Everything comes from the observer's `HostState`, the snapshot the daemon export
 
 from __future__ import annotations
 
-from vgpumon.doctor.context import DISCOVERY, RUNNER, SERVER, DoctorContext
+from vgpumon.config.schema import DISCOVERY, RUNNER, SERVER
+from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.privileges import NEEDED_FOR, is_permission_problem, needs, remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, warn
 from vgpumon.doctor.text import listing, plural
 from vgpumon.snapshot.host import ProcessState
 from vgpumon.sources import links as ln
-from vgpumon.sources.libraries import bypassing
 
 TITLE = "Shims"
 RESTART = "restart Ollama (systemctl restart ollama) so every process loads it afresh"
@@ -95,12 +95,15 @@ def _describe(link: ln.ShimLinkState) -> str:
 
 
 def group(ctx: DoctorContext, name: str) -> Check:
+    """Each member maps what it is expected to (the same judgement as the daemon's
+    ``vgpumon_processes_missing_library``: explicit ``expect:``, or derived from how each shim
+    reaches the process)."""
     check_id = f"shims.group.{name}"
-    expect = ctx.config.group(name).expect
     members = ctx.group(name)
     if not members:
         return _empty_group(check_id, name)
     unreadable, lacking, evidence = [], [], []
+    expected_anywhere: dict[str, None] = {}
     for member in members:
         label = _label(ctx, member)
         libs = member.libraries
@@ -110,9 +113,15 @@ def group(ctx: DoctorContext, name: str) -> Check:
             evidence.append(f"{label}: cannot read /proc/{member.process.pid}/maps "
                             f"({libs.error}){hint}: not evidence that anything is missing")
             continue
-        missing = [lib for lib in expect if not libs.mapped(lib)]
+        expected = [e.library for e in member.expected]
+        expected_anywhere.update(dict.fromkeys(expected))
+        missing = [lib for lib in expected if not libs.mapped(lib)]
         mapped = sorted({m.library for m in libs.mappings})
-        text = f"{label}: maps {listing(mapped, 8)}"
+        why = ", ".join(f"{e.library} ({e.because})" for e in member.expected) or "nothing"
+        text = f"{label}: maps {listing(mapped, 8)}; expected: {why}"
+        if member.preload_failed:
+            text += (f"; the loader was told to preload {listing(list(member.preload_failed))}"
+                     " and it is not mapped (the preload failed)")
         if missing:
             lacking.append((member, missing))
             text += f"; missing {listing(missing, 8)}"
@@ -123,17 +132,18 @@ def group(ctx: DoctorContext, name: str) -> Check:
         return fail(check_id, f"{plural(len(lacking), 'process', 'processes')} of group {name} "
                     f"{verb} expected libraries: {_label(ctx, member)} has no "
                     f"{listing(missing)} mapped", _missing_action(ctx, name, missing), evidence)
+    expect = list(expected_anywhere)
     if unreadable:
         count = plural(len(unreadable), "process", "processes")
         return warn(check_id, f"cannot read the maps of {count} of group {name} (so whether "
-                    f"they map {listing(list(expect))} is unknown)",
-                    remedy("maps"), evidence)
+                    "they map what they should is unknown)", remedy("maps"), evidence)
     count = plural(len(members), "process", "processes")
     if not expect:
-        return ok(check_id, f"{count} of group {name} (no libraries expected)", evidence)
+        return ok(check_id, f"{count} of group {name} (no libraries expected: no shim is "
+                  "preloaded into it or reaches it by a link)", evidence)
     verb = "maps" if len(members) == 1 else "map"
     return ok(check_id, f"{count} of group {name} {verb} every expected library "
-              f"({listing(list(expect), 8)})", evidence)
+              f"({listing(expect, 8)})", evidence)
 
 
 def _empty_group(check_id: str, name: str) -> Check:
@@ -164,26 +174,25 @@ def _missing_action(ctx: DoctorContext, group_name: str, missing: list[str]) -> 
 
 
 def bypass(ctx: DoctorContext) -> Check:
-    """The real driver mapped without the shim that stands in for it. Stricter than the
-    daemon's metric (driver and no shim at all): a runner that got the cudart and NVML shims
-    through links but loaded the real libcuda is bypassing the one that matters."""
-    drivers = frozenset(s.name for s in ctx.config.libraries if s.driver)
-    shims = ctx.cuda_shims or frozenset(ctx.config.shims)
-    if not drivers:
-        return skip("shims.bypass", "no library is marked driver: true in the config")
+    """A process that expects a shim gets the real library it stands for: the daemon's
+    ``vgpumon_processes_bypassing_shim`` and the VgpuShimBypassed alert, judged the same way
+    (vgpumon/snapshot/expectations.py)."""
     found = []
     for member in ctx.state.processes:
-        if member.libraries.readable and bypassing(member.libraries, drivers, shims):
-            paths = [m.path for m in member.libraries.mappings if m.library in drivers]
-            found.append(f"{_label(ctx, member)} maps {listing(paths)} and not the "
-                         f"{listing(sorted(shims))} shim")
+        for gone_around in member.bypasses:
+            real = [m.path for m in member.libraries.mappings if m.library == gone_around.real]
+            shim = f"the {gone_around.shim} shim" if gone_around.shim else "every shim"
+            found.append(f"{_label(ctx, member)} maps {listing(real)} ({gone_around.real}): "
+                         f"{shim} is bypassed, {gone_around.why}")
     if found:
-        verb = "uses" if len(found) == 1 else "use"
-        return fail("shims.bypass", f"{plural(len(found), 'process', 'processes')} {verb} the "
-                    "real CUDA driver without the vGPU shim: " + found[0],
-                    "the shim did not reach them: put the shims in LD_PRELOAD of the Ollama "
-                    "service or fix the libcuda.so.1 links, then restart Ollama", found)
-    return ok("shims.bypass", "no process maps the real driver without a shim")
+        verb = "goes" if len(found) == 1 else "go"
+        return fail("shims.bypass", f"{plural(len(found), 'process', 'processes')} {verb} "
+                    "around the vGPU shim: " + found[0],
+                    "a link that resolves to the real library: point it back at the shim "
+                    "(shims.links); shadowed by the real library's SONAME: preload a shim that "
+                    "carries that SONAME, or reach the shim through the links instead of "
+                    "LD_PRELOAD; then restart Ollama", found)
+    return ok("shims.bypass", "no process that expects a shim maps the real library instead")
 
 
 def stale(ctx: DoctorContext) -> Check:
