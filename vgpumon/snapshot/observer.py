@@ -74,6 +74,10 @@ class HostObserver:
         self._scanner = ProcessScanner(self.procfs, config.groups)
         self._groups = {group.name: group for group in config.groups}
         self._specs = {spec.name: spec for spec in config.libraries}
+        # Shims that stand for a library, and those libraries: whose SONAMEs decide bypass.
+        self._soname_wanted = frozenset(
+            name for spec in config.libraries if spec.name in config.shims and spec.stands_for
+            for name in (spec.name, spec.stands_for))
         self._processes: tuple[TrackedProcess, ...] = ()
         self._libraries: dict[tuple[int, int], ProcessLibraries] = {}
         self._maps: dict[tuple[int, int], ProcessMaps] = {}
@@ -190,14 +194,9 @@ class HostObserver:
     def _sonames_of(self, process: TrackedProcess,
                     libraries: ProcessLibraries) -> dict[str, str | None]:
         """SONAMEs of the files mapped for shims that stand for a library, and for those."""
-        wanted = set()
-        for name in self.config.shims:
-            spec = self._specs.get(name)
-            if spec is not None and spec.stands_for is not None:
-                wanted |= {name, spec.stands_for}
         found: dict[str, str | None] = {}
         for mapping in libraries.mappings:
-            if mapping.library in wanted and mapping.library not in found:
+            if mapping.library in self._soname_wanted and mapping.library not in found:
                 key = (process.key, mapping.path)
                 if key not in self._sonames:
                     self._sonames[key] = soname_of(self.procfs, process.pid, mapping.path)
