@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,21 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 NOBODY = 65534
+
+
+@contextlib.contextmanager
+def nobody_dir(prefix: str) -> Iterator[Path]:
+    """A dir of nobody's own, reachable by everyone, inside a root-owned 0755 dir (its
+    parent, removed afterwards): pytest's tmp dirs are 0700, closed to other users."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    own = base / "nobody"
+    own.mkdir()
+    os.chown(own, NOBODY, NOBODY)
+    try:
+        yield own
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def world_executable(path: str) -> bool:

@@ -11,13 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.doctor.simdoctor import doctor
+from tests.harness import nobody_dir
 from tests.simhost import wait_until
 from vgpumon.doctor.loadtest import run_load_test
 from vgpumon.doctor.report import Status
@@ -58,16 +58,8 @@ int ggml_backend_init(void) { return 0; }
 
 @pytest.fixture
 def user_dir() -> Iterator[Path]:
-    """A dir of nobody's own, reachable by everyone."""
-    base = Path(tempfile.mkdtemp(prefix="vgpumon-loadtest-"))
-    base.chmod(0o755)
-    home = base / "home"
-    home.mkdir()
-    os.chown(home, NOBODY, NOGROUP)
-    try:
-        yield home
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with nobody_dir("vgpumon-loadtest-") as own:
+        yield own
 
 
 def witness_library(directory: Path) -> Path:

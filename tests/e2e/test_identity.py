@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import NOBODY, REPO, Vgpumon, wait_for
+from tests.harness import NOBODY, REPO, Vgpumon, nobody_dir, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 BLOB = "/x/blobs/sha256-" + "ab" * 32
@@ -40,16 +40,8 @@ def daemon(tmp_path) -> Iterator[Vgpumon]:
 
 @pytest.fixture
 def user_dir() -> Iterator[Path]:
-    """A dir of nobody's own, reachable by everyone (pytest's tmp dirs are 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="vgpumon-identity-"))
-    base.chmod(0o755)
-    own = base / "nobody"
-    own.mkdir()
-    os.chown(own, NOBODY, NOBODY)
-    try:
+    with nobody_dir("vgpumon-identity-") as own:
         yield own
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_nobody(argv: list[str], executable: str | None = None) -> subprocess.Popen[bytes]:
