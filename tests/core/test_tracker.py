@@ -124,3 +124,55 @@ def test_counters_are_the_same_object_until_something_changes():
     assert tracker.counters(61) is not second
     tracker.reconfigure(CrashLoopSpec(crashes=3, window=600))
     assert tracker.counters(62).window_crashes == {"runner": 1}
+
+
+def amended(ts, exit_ts, old, new, group="runner"):
+    return Event(ts, ev.EXIT_REASON_AMENDED, {"group": group, "pid": 1, "exit_ts": exit_ts,
+                                              "old_reason": old, "reason": new})
+
+
+def test_an_amended_exit_stays_counted_under_its_first_reason_and_counts_apart():
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    tracker.record([exited(10, "stopped")])
+    tracker.record([amended(10.2, 10, "stopped", "oom")])
+    counters = tracker.counters(11)
+    assert counters.exits == {("runner", "stopped"): 1}
+    assert counters.amended == {("runner", "stopped", "oom"): 1}
+    assert counters.crashes == {"runner": 1}  # it turned out a crash: counted now
+    assert counters.last_crash == {"runner": 10}  # when it exited, not when it was amended
+    assert counters.window_crashes == {"runner": 1}
+    assert counters.events[ev.EXIT_REASON_AMENDED] == 1
+
+
+def test_an_amendment_between_crash_reasons_counts_no_second_crash():
+    tracker = Tracker(CrashLoopSpec(crashes=2, window=60))
+    tracker.record([exited(10, "error")])
+    tracker.record([amended(10.8, 10, "error", "crash")])
+    counters = tracker.counters(11)
+    assert counters.crashes == {"runner": 1} and counters.window_crashes == {"runner": 1}
+    assert not counters.crash_loop.get("runner")
+
+
+def test_unloads_amended_to_oom_kills_make_a_crash_loop():
+    """A SIGKILL reads as an unload (`stopped`) until the OOM-kill record comes: the crash
+    loop still sees the crash, in the window of the exit's time."""
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    recorded = []
+    for t in (0, 20, 40):
+        recorded += tracker.record([exited(t, "stopped")])
+        assert not tracker.counters(t).crash_loop.get("runner")
+        recorded += tracker.record([amended(t + 0.1, t, "stopped", "oom")])
+    assert recorded[-1].kind == ev.CRASH_LOOP_STARTED and recorded[-1].ts == 40.1
+    assert tracker.counters(41).crash_loop == {"runner": True}
+    assert [e.kind for e in tracker.tick(81)] == [ev.CRASH_LOOP_ENDED]  # 0 and 20 left
+
+
+def test_a_crash_amended_late_joins_the_window_in_order():
+    tracker = Tracker(CrashLoopSpec(crashes=3, window=60))
+    tracker.record([exited(10, "stopped"), exited(11, "crash")])
+    tracker.record([amended(12, 10, "stopped", "oom")])  # older than the last crash
+    tracker.record([exited(50, "crash")])
+    assert tracker.counters(50).crash_loop == {"runner": True}
+    assert tracker.tick(69.9) == []  # 10, 11 and 50 inside [9.9, 69.9]
+    (ended,) = tracker.tick(70.5)  # the amended crash at 10 left the window first
+    assert (ended.kind, ended.get("crashes")) == (ev.CRASH_LOOP_ENDED, 2)

@@ -3,6 +3,9 @@ the event sources. The refresh interval is 60 s, so only the event paths can pas
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from tests.harness import Vgpumon, host_config
@@ -24,6 +27,18 @@ def start(host, tmp_path, **overrides) -> Vgpumon:
 
 def exited(daemon: Vgpumon, pid: int) -> dict:
     return daemon.wait_event("process_exited", match=lambda e: e["pid"] == pid)
+
+
+def final_reason(daemon: Vgpumon, exit: dict, expected: str) -> str:
+    """The reason of an exit now: its last amendment's, else its own; waits for an amendment
+    while the reason is not `expected` yet (docs/events.md#amended-exits)."""
+    def of_exit(event: dict) -> bool:
+        return event["pid"] == exit["pid"] and event["exit_ts"] == exit["ts"]
+
+    if exit["reason"] != expected:
+        daemon.wait_event("exit_reason_amended", match=of_exit)
+    amendments = [e for e in daemon.events("exit_reason_amended") if of_exit(e)]
+    return amendments[-1]["reason"] if amendments else exit["reason"]
 
 
 def test_runner_segfault_in_the_shim_is_a_crash_attributed_to_the_shim(host, tmp_path):
@@ -86,6 +101,27 @@ def test_unload_sigkill_is_stopped_and_not_a_crash(host, tmp_path):
         daemon.stop()
 
 
+def test_runner_killed_with_sigkill_is_published_at_once(host, tmp_path):
+    """No OOM-kill record was in the kernel log when the exit came: it is published as
+    `stopped` without waiting for one, in /events and /metrics in the same publication."""
+    server = host.start_server()
+    daemon = start(host, tmp_path)
+    try:
+        runner = server.load_model(MODEL)
+        daemon.wait_event("process_started", match=lambda e: e["pid"] == runner.pid)
+        os.kill(runner.pid, signal.SIGKILL)
+        event = exited(daemon, runner.pid)
+        assert (event["reason"], event["signal"], event["source"]) == (
+            "stopped", "SIGKILL", "proc_connector")
+        metrics = daemon.metrics()  # published with the event: nothing to wait for
+        assert metrics[("vgpumon_process_exits_total",
+                        (("group", "runner"), ("reason", "stopped")))] == 1
+        assert metrics[("vgpumon_process_crashes_total", (("group", "runner"),))] == 0
+        assert daemon.events("exit_reason_amended") == []
+    finally:
+        daemon.stop()
+
+
 def test_clean_exit(host, tmp_path):
     server = host.start_server()
     daemon = start(host, tmp_path)
@@ -104,8 +140,13 @@ def test_real_oom_kill_is_oom(host, tmp_path):
         runner = server.load_model(MODEL)
         server.crash_runner(MODEL, mode="oom", memory_limit=64 << 20)
         event = exited(daemon, runner.pid)
-        assert (event["reason"], event["signal"]) == ("oom", "SIGKILL")
-        daemon.wait_value("vgpumon_process_exits_total", 1, group="runner", reason="oom")
+        assert event["signal"] == "SIGKILL"
+        # The OOM killer logs before its victim dies, so the record is normally in hand when
+        # the exit is published; if the victim won that race, the record amends the exit.
+        assert final_reason(daemon, event, "oom") == "oom"
+        daemon.wait_value("vgpumon_process_crashes_total", 1, group="runner")
+        first = "oom" if event["reason"] == "oom" else "stopped"
+        assert daemon.value("vgpumon_process_exits_total", group="runner", reason=first) == 1
     finally:
         daemon.stop()
 

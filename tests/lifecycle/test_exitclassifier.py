@@ -1,4 +1,4 @@
-"""Exit classification with evidence and grace periods (pure; time is given)."""
+"""Exit classification with evidence, grace periods and amendments (pure; time is given)."""
 
 from __future__ import annotations
 
@@ -50,13 +50,21 @@ def test_signal_crash_gets_the_library_from_the_kernel_record():
         "crash", "SIGSEGV", "libggml-cuda.so")
 
 
-def test_sigkill_waits_for_an_oom_record_then_is_stopped():
+def test_sigkill_is_published_at_once_as_stopped():
     c = classifier()
     c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
-    assert settle(c, 110.1) == []
-    assert c.next_deadline() == 110.5
-    (event,) = settle(c, 110.5)
-    assert event["reason"] == "stopped"
+    (event,) = settle(c, 110.0)
+    assert (event["kind"], event["reason"], event["signal"]) == (
+        "process_exited", "stopped", "SIGKILL")
+    assert c.next_deadline() is None  # nothing left to wait for
+
+
+def test_sigkill_with_the_oom_record_in_hand_is_oom_at_once():
+    c = classifier()
+    c.add_evidence(Evidence(OOM_KILL, 110.0, pid=4242))  # the OOM killer logs, then kills
+    c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
+    (event,) = settle(c, 110.0)
+    assert event["reason"] == "oom"
 
 
 def test_sigkill_with_an_oom_record_is_oom():
@@ -65,6 +73,37 @@ def test_sigkill_with_an_oom_record_is_oom():
     c.add_evidence(Evidence(OOM_KILL, 110.2, pid=4242))
     (event,) = settle(c, 110.2)
     assert event["reason"] == "oom" and "library" not in event
+
+
+def test_an_oom_record_after_the_exit_amends_it_once():
+    c = classifier()
+    c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
+    (exited,) = settle(c, 110.0)
+    assert exited["reason"] == "stopped"
+    c.add_evidence(Evidence(OOM_KILL, 110.3, pid=4242))
+    (amended,) = settle(c, 110.3)
+    assert amended == {
+        "ts": 110.3, "kind": "exit_reason_amended", "group": "runner", "pid": 4242,
+        "ppid": 4100, "exit_ts": exited["ts"], "old_reason": "stopped", "reason": "oom",
+        "signal": "SIGKILL", "model": "/b/sha256-aa", "source": "proc_connector",
+        "because": "oom_kill"}
+    assert settle(c, 110.4) == []
+
+
+def test_evidence_after_the_amendment_window_changes_nothing():
+    c = classifier()
+    c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
+    settle(c, 110.0)
+    c.add_evidence(Evidence(OOM_KILL, 115.1, pid=4242))
+    assert settle(c, 115.1) == []
+
+
+def test_an_oom_record_of_another_process_amends_nothing():
+    c = classifier()
+    c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
+    settle(c, 110.0)
+    c.add_evidence(Evidence(OOM_KILL, 110.1, pid=9999))
+    assert settle(c, 110.1) == []
 
 
 def test_sigkill_is_final_at_once_without_a_kernel_log():
@@ -88,6 +127,35 @@ def test_exit_2_without_a_trace_is_an_error_after_the_grace():
     c.exited(RUNNER, 110.0, 2 << 8, "proc_connector")
     assert settle(c, 110.49) == []
     assert settle(c, 110.5)[0]["reason"] == "error"
+
+
+def test_exit_2_is_an_error_at_once_without_the_ollama_log():
+    c = classifier(ollama_log=False)
+    c.exited(RUNNER, 110.0, 2 << 8, "proc_connector")
+    assert settle(c, 110.0)[0]["reason"] == "error"
+
+
+def test_a_go_trace_after_the_grace_amends_the_error_to_a_crash():
+    c = classifier()
+    c.exited(RUNNER, 110.0, 2 << 8, "proc_connector", MAPS)
+    assert settle(c, 110.5)[0]["reason"] == "error"
+    c.add_evidence(Evidence(GO_CRASH, 110.8, address=0x7ABC, crash_signal="SIGSEGV"))
+    (amended,) = settle(c, 110.8)
+    assert (amended["kind"], amended["old_reason"], amended["reason"], amended["because"]) == (
+        "exit_reason_amended", "error", "crash", "go_crash")
+    assert (amended["library"], amended["crash_signal"], amended["exit_code"]) == (
+        "libvgpu-cuda.so", "SIGSEGV", 2)
+
+
+def test_a_go_trace_goes_to_the_exit_waiting_for_one_before_an_amendment():
+    c = classifier()
+    c.exited(RUNNER, 110.0, 2 << 8, "proc_connector")
+    assert settle(c, 110.5)[0]["reason"] == "error"
+    other = TrackedProcess(**{**RUNNER.__dict__, "pid": 4243})
+    c.exited(other, 111.0, 2 << 8, "proc_connector")
+    c.add_evidence(Evidence(GO_CRASH, 111.1))
+    (event,) = settle(c, 111.1)
+    assert (event["kind"], event["pid"], event["reason"]) == ("process_exited", 4243, "crash")
 
 
 def test_a_trace_seen_before_the_exit_counts_too():
@@ -114,6 +182,36 @@ def test_vanished_process_waits_for_its_status():
     assert c.status_of_pending(4242, signal.SIGSEGV, "proc_connector")
     (event,) = settle(c, 110.1)
     assert event["reason"] == "crash" and event["source"] == "proc_connector"
+
+
+def test_a_status_that_comes_after_the_grace_amends_an_unknown_exit():
+    c = classifier(status_source="pidfd")
+    c.vanished(RUNNER, 110.0)
+    assert settle(c, 110.5)[0]["reason"] == "unknown"
+    assert c.is_pending(4242)  # its status is still awaited
+    assert c.status_of_pending(4242, signal.SIGKILL, "pidfd")
+    assert not c.is_pending(4242)
+    (amended,) = settle(c, 110.7)
+    assert (amended["old_reason"], amended["reason"], amended["because"], amended["signal"],
+            amended["source"]) == ("unknown", "stopped", "status", "SIGKILL", "pidfd")
+
+
+def test_a_published_status_is_not_replaced():
+    c = classifier()
+    c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")
+    settle(c, 110.0)
+    assert not c.is_pending(4242)
+    assert not c.status_of_pending(4242, signal.SIGSEGV, "pidfd")
+    assert settle(c, 110.1) == []
+
+
+def test_a_crash_is_never_amended_into_something_else():
+    c = classifier(status_source="pidfd")
+    c.add_evidence(Evidence(SEGFAULT, 110.0, pid=4242))
+    c.vanished(RUNNER, 110.0)
+    assert settle(c, 110.5)[0]["reason"] == "crash"
+    assert c.status_of_pending(4242, signal.SIGKILL, "pidfd")  # a status saying otherwise
+    assert settle(c, 110.6) == []
 
 
 def test_vanished_without_any_status_is_unknown_or_what_the_evidence_says():

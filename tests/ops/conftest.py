@@ -40,6 +40,7 @@ CONTRACT_METRICS = frozenset({
     "vgpumon_shim_link_last_change_timestamp_seconds",
     "vgpumon_process_starts_total",
     "vgpumon_process_exits_total",
+    "vgpumon_process_exit_reasons_amended_total",
     "vgpumon_process_crashes_total",
     "vgpumon_process_last_crash_timestamp_seconds",
     "vgpumon_process_window_starts",

@@ -7,6 +7,7 @@ together with the snapshot.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -29,6 +30,7 @@ class Tracker:
         self._spec = crash_loop
         self._starts: Counter[str] = Counter()
         self._exits: Counter[tuple[str, str]] = Counter()
+        self._amended: Counter[tuple[str, str, str]] = Counter()  # group, from, to
         self._crashes: Counter[str] = Counter()
         self._last_crash: dict[str, float] = {}
         self._crash_times: dict[str, deque[float]] = {}
@@ -94,6 +96,7 @@ class Tracker:
         counters = Counters(
             starts=_frozen(self._starts),
             exits=_frozen(self._exits),
+            amended=_frozen(self._amended),
             crashes=_frozen(self._crashes),
             last_crash=_frozen(self._last_crash),
             window_crashes=_frozen(window_crashes),
@@ -114,6 +117,8 @@ class Tracker:
             self._start_times.setdefault(group, deque()).append(event.ts)
         elif event.kind == ev.PROCESS_EXITED:
             return self._exited(event)
+        elif event.kind == ev.EXIT_REASON_AMENDED:
+            return self._amended_exit(event)
         elif event.kind == ev.SHIM_LINK_CHANGED:
             key = link_key(event.get("view", "host"), event.get("path"))
             self._link_changes[key] += 1
@@ -123,18 +128,32 @@ class Tracker:
         return []
 
     def _exited(self, event: Event) -> list[Event]:
+        """An exit counts under the reason it was published with; a crash counts now."""
         group, reason = event.get("group"), event.get("reason")
         self._exits[(group, reason)] += 1
         if not is_crash(reason):
             return []
+        return self._crashed(group, event.ts, event.ts)
+
+    def _amended_exit(self, event: Event) -> list[Event]:
+        """An exit's reason changed: counted apart (a counter cannot move an exit from one
+        reason to another), and an exit that turned out a crash counts as a crash now, at the
+        time it exited (the classifier never amends a crash into something else)."""
+        group, old, new = event.get("group"), event.get("old_reason"), event.get("reason")
+        self._amended[(group, old, new)] += 1
+        if is_crash(old) or not is_crash(new):
+            return []
+        return self._crashed(group, float(event.get("exit_ts", event.ts)), event.ts)
+
+    def _crashed(self, group: str, crashed_at: float, now: float) -> list[Event]:
         self._crashes[group] += 1
-        self._last_crash[group] = max(event.ts, self._last_crash.get(group, 0.0))
+        self._last_crash[group] = max(crashed_at, self._last_crash.get(group, 0.0))
         times = self._crash_times.setdefault(group, deque())
-        times.append(event.ts)
-        _expire(times, event.ts - self._spec.window)
+        insort(times, crashed_at)  # an amended crash may be older than the last one counted
+        _expire(times, now - self._spec.window)
         if len(times) >= self._spec.crashes and not self._looping.get(group):
             self._looping[group] = True
-            return [self._loop_event(ev.CRASH_LOOP_STARTED, group, event.ts, len(times))]
+            return [self._loop_event(ev.CRASH_LOOP_STARTED, group, now, len(times))]
         return []
 
     def _loop_event(self, kind: str, group: str, ts: float, crashes: int) -> Event:

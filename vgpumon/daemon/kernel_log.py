@@ -3,13 +3,14 @@ evidence for the exit classifier.
 
 Only records of the kernel facility count: root can write user-facility lines that look the
 same. The exit source reads the log at once before it hands an exit over (`read_now`), so the
-evidence is there when the exit is classified.
+evidence is there when the exit is classified; a record that comes later may amend an exit
+already published.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vgpumon.config.schema import Config
 from vgpumon.daemon.exitclassifier import OOM_KILL, SEGFAULT, Evidence
@@ -22,8 +23,10 @@ from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, pa
 class KernelLog:
     collector = collectors.KMSG
 
-    def __init__(self, path: str = "/dev/kmsg"):
+    def __init__(self, path: str = "/dev/kmsg", *,
+                 opener: Callable[[str], KmsgReader] = KmsgReader):
         self._path = path
+        self._opener = opener  # a test's stand-in for the kernel's records
         self._reader: KmsgReader | None = None
         self._loop: Loop | None = None
         self._problem: str | None = None  # why the log cannot be read now
@@ -36,7 +39,7 @@ class KernelLog:
     def start(self, loop: Loop) -> None:
         self._loop = loop
         try:
-            self._reader = KmsgReader(self._path)
+            self._reader = self._opener(self._path)
         except OSError as err:
             hint = " (needs CAP_SYSLOG under kernel.dmesg_restrict=1)" \
                 if err.errno in (errno.EPERM, errno.EACCES) else ""
@@ -71,11 +74,13 @@ class KernelLog:
             self._loop.failed(self.collector, now, str(failure))
 
     def _on_readable(self, now: float) -> None:
-        self._read(now)
+        if self._read(now) and self._loop is not None:
+            self._loop.record((), now)  # a record after the exit it explains amends it
 
-    def _read(self, now: float) -> None:
+    def _read(self, now: float) -> int:
+        """Read the new records; returns how many were evidence."""
         if self._reader is None or self._loop is None:
-            return
+            return 0
         try:
             records = self._reader.read()
         except OSError as err:
@@ -88,6 +93,7 @@ class KernelLog:
             self._lost_reported = self._reader.lost
             self._loop.events_lost(self.collector, total=self._reader.lost)
         classifier = self._loop.classifier
+        found = 0
         for record in records:
             if record.facility != KERNEL_FACILITY:
                 continue
@@ -96,8 +102,11 @@ class KernelLog:
                 classifier.add_evidence(Evidence(
                     SEGFAULT, now, pid=fault.pid, library=fault.library, address=fault.ip,
                     message=record.message))
+                found += 1
                 continue
             killed = parse_oom_kill(record.message)
             if killed is not None:
                 classifier.add_evidence(Evidence(OOM_KILL, now, pid=killed.pid,
                                                  message=record.message))
+                found += 1
+        return found

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from vgpumon import __version__
 from vgpumon.config.schema import RUNNER
 from vgpumon.model.events import ALL_KINDS, LOG_ERROR_KINDS
-from vgpumon.model.exits import REASONS
+from vgpumon.model.exits import AMENDMENTS, REASONS
 from vgpumon.snapshot.counters import link_key
 from vgpumon.snapshot.expectations import BACKEND_LIBRARY
 from vgpumon.snapshot.models import MAX_LABEL, MAX_MODELS, loaded_models
@@ -261,6 +261,10 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
                                  labels=["group"])
     exits = CounterMetricFamily("vgpumon_process_exits", "Process exits by reason.",
                                 labels=["group", "reason"])
+    amended = CounterMetricFamily("vgpumon_process_exit_reasons_amended",
+                                  "Exits whose reason later evidence changed, counted in "
+                                  "vgpumon_process_exits_total under the first one.",
+                                  labels=["group", "from", "to"])
     crashes = CounterMetricFamily("vgpumon_process_crashes",
                                   "Exits with reason error, crash or oom.", labels=["group"])
     last_crash = GaugeMetricFamily("vgpumon_process_last_crash_timestamp_seconds",
@@ -278,6 +282,8 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
         starts.add_metric([group], counters.starts.get(group, 0))
         for reason in REASONS:
             exits.add_metric([group, reason], counters.exits.get((group, reason), 0))
+        for old, new in AMENDMENTS:
+            amended.add_metric([group, old, new], counters.amended.get((group, old, new), 0))
         crashes.add_metric([group], counters.crashes.get(group, 0))
         if group in counters.last_crash:
             last_crash.add_metric([group], counters.last_crash[group])
@@ -291,8 +297,8 @@ def lifecycle_families(published: Published) -> Iterator[Metric]:
     window = GaugeMetricFamily("vgpumon_crash_loop_window_seconds",
                                "The crash_loop window.")
     window.add_metric([], config.crash_loop.window)
-    yield from (starts, exits, crashes, last_crash, loop, window_crashes, window_starts,
-                threshold, window)
+    yield from (starts, exits, amended, crashes, last_crash, loop, window_crashes,
+                window_starts, threshold, window)
 
 
 def ollama_families(published: Published) -> Iterator[Metric]:

@@ -14,6 +14,8 @@ from typing import Any
 
 PROCESS_STARTED = "process_started"
 PROCESS_EXITED = "process_exited"
+# Evidence that came after a `process_exited` changed its reason (docs/events.md).
+EXIT_REASON_AMENDED = "exit_reason_amended"
 LIBRARY_LOADED = "library_loaded"
 LIBRARY_UNLOADED = "library_unloaded"
 LIBRARY_STALE = "library_stale"
@@ -53,6 +55,7 @@ LOG_ERROR_KINDS = (
 ALL_KINDS = (
     PROCESS_STARTED,
     PROCESS_EXITED,
+    EXIT_REASON_AMENDED,
     LIBRARY_LOADED,
     LIBRARY_UNLOADED,
     LIBRARY_STALE,

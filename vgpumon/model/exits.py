@@ -14,6 +14,11 @@ OOM = "oom"
 UNKNOWN = "unknown"
 REASONS = (CLEAN, STOPPED, ERROR, CRASH, OOM, UNKNOWN)
 CRASH_REASONS = frozenset({ERROR, CRASH, OOM})
+# How a published exit's reason may change when evidence comes late (docs/events.md): a
+# SIGKILL the OOM killer sent, an exit 2 that was a Go crash, an exit whose status was not
+# known. Evidence only makes a reason more precise: a crash is never taken back.
+AMENDMENTS = ((STOPPED, OOM), (ERROR, CRASH),
+              *((UNKNOWN, reason) for reason in REASONS if reason != UNKNOWN))
 
 CRASH_SIGNALS = frozenset({
     signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,

@@ -18,6 +18,8 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
     ev.PROCESS_STARTED: ("group", "pid", "model"),
     ev.PROCESS_EXITED: ("group", "pid", "reason", "exit_code", "signal", "crash_signal",
                         "library", "model", "source"),
+    ev.EXIT_REASON_AMENDED: ("group", "pid", "old_reason", "reason", "because", "exit_code",
+                             "signal", "crash_signal", "library", "model"),
     ev.LIBRARY_LOADED: ("group", "pid", "library", "path"),
     ev.LIBRARY_UNLOADED: ("group", "pid", "library", "path"),
     ev.LIBRARY_STALE: ("group", "pid", "library", "path"),

@@ -13,6 +13,7 @@ class Counters:
 
     starts: Mapping[str, int] = field(default_factory=dict)
     exits: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    amended: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # group, from, to
     crashes: Mapping[str, int] = field(default_factory=dict)
     last_crash: Mapping[str, float] = field(default_factory=dict)
     window_crashes: Mapping[str, int] = field(default_factory=dict)

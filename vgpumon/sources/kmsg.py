@@ -103,13 +103,19 @@ def parse_oom_kill(message: str) -> OomKill | None:
 
 
 class KmsgReader:
-    """Non-blocking reader of new /dev/kmsg records (history is skipped at open)."""
+    """Non-blocking reader of new /dev/kmsg records (history is skipped at open).
 
-    def __init__(self, path: str = "/dev/kmsg"):
+    `fd`: read this non-blocking descriptor instead, one record per read, as /dev/kmsg gives
+    them (a test's socket standing in for the kernel); `path` then only names it.
+    """
+
+    def __init__(self, path: str = "/dev/kmsg", *, fd: int | None = None):
         self.path = path
         self.lost = 0
-        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.lseek(self._fd, 0, os.SEEK_END)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(fd, 0, os.SEEK_END)
+        self._fd = fd
 
     def fileno(self) -> int:
         return self._fd
