@@ -262,3 +262,14 @@ def test_logged_exit_decides_an_exit_without_status():
     c.vanished(RUNNER, 110.0)
     c.add_evidence(Evidence(LOG_EXIT, 110.2, reason="crash"))
     assert settle(c, 110.5)[0]["reason"] == "crash"
+
+
+def test_evidence_concerns_exits_held_or_published_lately():
+    c = classifier()
+    assert not c.concerns(4242)
+    c.exited(RUNNER, 110.0, 2 << 8, "proc_connector")
+    assert c.concerns(4242)  # held: it waits for a Go trace
+    settle(c, 110.5)
+    assert c.concerns(4242) and not c.concerns(4243)  # published: it may be amended
+    settle(c, 115.6)
+    assert not c.concerns(4242)

@@ -151,6 +151,11 @@ class ExitClassifier:
         return pid in self._pending or (published is not None
                                         and published.exit.status is None)
 
+    def concerns(self, pid: int) -> bool:
+        """Whether evidence about `pid` may settle or amend an exit (held, or published
+        lately)."""
+        return pid in self._pending or pid in self._published
+
     def ready(self, now: float) -> list[Event]:
         """The exits whose reason is settled now (`process_exited`, oldest first), then the
         amendments of exits published before (`exit_reason_amended`)."""

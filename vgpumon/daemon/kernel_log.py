@@ -77,10 +77,10 @@ class KernelLog:
         if self._read(now) and self._loop is not None:
             self._loop.record((), now)  # a record after the exit it explains amends it
 
-    def _read(self, now: float) -> int:
-        """Read the new records; returns how many were evidence."""
+    def _read(self, now: float) -> bool:
+        """Read the new records; whether one concerns an exit held or published lately."""
         if self._reader is None or self._loop is None:
-            return 0
+            return False
         try:
             records = self._reader.read()
         except OSError as err:
@@ -93,7 +93,7 @@ class KernelLog:
             self._lost_reported = self._reader.lost
             self._loop.events_lost(self.collector, total=self._reader.lost)
         classifier = self._loop.classifier
-        found = 0
+        concerned = False
         for record in records:
             if record.facility != KERNEL_FACILITY:
                 continue
@@ -102,11 +102,11 @@ class KernelLog:
                 classifier.add_evidence(Evidence(
                     SEGFAULT, now, pid=fault.pid, library=fault.library, address=fault.ip,
                     message=record.message))
-                found += 1
+                concerned = concerned or classifier.concerns(fault.pid)
                 continue
             killed = parse_oom_kill(record.message)
             if killed is not None:
                 classifier.add_evidence(Evidence(OOM_KILL, now, pid=killed.pid,
                                                  message=record.message))
-                found += 1
-        return found
+                concerned = concerned or classifier.concerns(killed.pid)
+        return concerned
