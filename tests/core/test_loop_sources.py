@@ -73,8 +73,11 @@ class ScriptedSource:
 
 @pytest.fixture
 def daemon(tmp_path) -> Iterator[Daemon]:
+    # An empty /proc: the host's own processes (an Ollama that another test simulates, say)
+    # must not add events between the test's steps.
+    (tmp_path / "proc").mkdir()
     config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
-                    nvml="off")
+                    nvml="off", procfs=str(tmp_path / "proc"))
     daemon = Daemon(config, reload_config=lambda: config)
     daemon.start()
     yield daemon
