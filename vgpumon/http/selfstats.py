@@ -2,7 +2,7 @@
 ``vgpumon_threads``, read fresh at every scrape.
 
 The families, their help texts and their values are those of prometheus-client's
-`ProcessCollector` (tests/web/test_selfstats.py compares them); what differs is the cost.
+`ProcessCollector` (tests/core/test_selfstats.py compares them); what differs is the cost.
 That collector opens ``/proc/self/stat`` and ``/proc/self/limits`` and lists
 ``/proc/self/fd`` at every scrape, about 100 µs, a third of what a scrape of an unchanged
 snapshot may cost. This one keeps ``/proc/self/stat`` open and re-reads it with one
