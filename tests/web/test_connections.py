@@ -10,13 +10,15 @@ import re
 import resource
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import wait_for
+from tests.harness import REPO, wait_for
 from vgpumon.http.auth import BasicAuth
 from vgpumon.http.passwords import BcryptHash
 from vgpumon.http.webconfig import WebAccess, WebConfig
@@ -204,3 +206,32 @@ def test_a_bcrypt_check_does_not_hold_scrapes_with_remembered_credentials():
             bad.join(10)
         assert statuses == [401]
         assert threading.active_count() == threads  # the client thread has ended
+
+
+SMALL_LIMIT_SERVER = """
+import resource, sys
+from tests.web.conftest import running_server
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+with running_server() as server:
+    server.max_connections = 10_000  # never reached: the descriptors run out first
+    print(server.port, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_running_out_of_descriptors_closes_connections_instead_of_failing_scrapes():
+    raise_fd_limit(1024)
+    server = subprocess.Popen([sys.executable, "-c", SMALL_LIMIT_SERVER], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        with half_open(port, 200):  # three times what the server may have open
+            reply = fetch(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            assert reply.status == 200 and b"vgpumon_build_info" in reply.body
+        assert server.poll() is None
+    finally:
+        _, errors = server.communicate("", timeout=30)
+    assert "http accept failed" not in errors  # each time, there was a connection to close
+    assert "out of file descriptors" in errors

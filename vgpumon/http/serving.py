@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import queue
+import resource
 import selectors
 import socket
 import ssl
@@ -62,7 +63,8 @@ WRITE_TIMEOUT_SECONDS = 30.0
 # After an answer with `Connection: close`, what the client still sends is read and dropped
 # for at most this long, so that closing does not reset the connection under the answer.
 LINGER_SECONDS = 2.0
-# Open connections at most; see the module's docstring for what happens beyond.
+# Open connections at most (and never more than half the descriptor limit); see the module's
+# docstring for what happens beyond.
 MAX_CONNECTIONS = 512
 
 _READ_SIZE = 65536
@@ -130,9 +132,9 @@ class SelectorServer:
     idle_timeout = IDLE_TIMEOUT_SECONDS
     write_timeout = WRITE_TIMEOUT_SECONDS
     linger_timeout = LINGER_SECONDS
-    max_connections = MAX_CONNECTIONS
 
     def __init__(self, address: tuple[str, int]):
+        self.max_connections = _connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -192,6 +194,7 @@ class SelectorServer:
         return len(self._connections)
 
     def serve_in_thread(self) -> threading.Thread:
+        self._starting()  # a shutdown() right after this waits for the thread
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         thread.start()
         return thread
@@ -199,8 +202,7 @@ class SelectorServer:
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until `shutdown()`. (`poll_interval` is accepted for socketserver's
         signature; nothing polls.)"""
-        self._stopped.clear()
-        self._running = True
+        self._starting()
         worker = threading.Thread(target=self._work, name="http-worker", daemon=True)
         worker.start()
         self._selector.register(self._wake_read, selectors.EVENT_READ, self._on_wake)
@@ -208,14 +210,11 @@ class SelectorServer:
         self._accepting = True
         try:
             while not self._stop:
-                for key, _mask in self._selector.select(self._timeout(time.monotonic())):
-                    if isinstance(key.data, _Connection):
-                        self._guarded(key.data, self._advance)
-                    else:
-                        key.data()
-                for _ in range(len(self._ready)):  # each once per turn: pipelining is fair
-                    self._guarded(self._ready.popleft(), self._continue)
-                self._expire(time.monotonic())
+                try:
+                    self._turn()
+                except Exception:  # a bug; the server must go on serving the others
+                    log.error("http server turn failed", exc_info=True)
+                    time.sleep(0.1)  # and a bug that repeats must not spin a core
         finally:
             self._jobs.put(None)
             worker.join()
@@ -226,6 +225,20 @@ class SelectorServer:
             self._running = False
             self._stop = False
             self._stopped.set()
+
+    def _starting(self) -> None:
+        self._stopped.clear()
+        self._running = True
+
+    def _turn(self) -> None:
+        for key, _mask in self._selector.select(self._timeout(time.monotonic())):
+            if isinstance(key.data, _Connection):
+                self._guarded(key.data, self._advance)
+            else:
+                key.data()
+        for _ in range(len(self._ready)):  # each once per turn: pipelining is fair
+            self._guarded(self._ready.popleft(), self._continue)
+        self._expire(time.monotonic())
 
     def shutdown(self) -> None:
         """Stop `serve_forever()` and wait until it has returned (at once if not running)."""
@@ -291,14 +304,15 @@ class SelectorServer:
             except BlockingIOError:
                 return
             except OSError as err:
-                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    if self._evict_one("out of file descriptors"):
-                        continue
-                    self._pause_accepting()
-                    return
                 if err.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the client gave up (or a firewall said no) before accept
+                if err.errno in (errno.EMFILE, errno.ENFILE) and self._evict_one(
+                        "out of file descriptors"):
+                    continue
+                # Nothing to close, or out of memory: the listener would stay readable, so
+                # stop accepting for a moment rather than spin.
                 log.warning("http accept failed error=%r", str(err))
+                self._pause_accepting()
                 return
             if len(self._connections) >= max(1, self.max_connections):
                 self._evict_one("connection cap reached")
@@ -618,6 +632,12 @@ class SelectorServer:
         if self._date[0] != second:
             self._date = (second, formatdate(second, usegmt=True))
         return self._date[1]
+
+
+def _connection_cap(descriptors: int) -> int:
+    if descriptors == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return min(MAX_CONNECTIONS, max(16, descriptors // 2))
 
 
 def _failed() -> Response:
