@@ -74,6 +74,7 @@ class ExpositionCache:
         self._tail_by_content: dict[str, dict[Hashable, bytes]] = {}
         self._last: dict[str, list[_Encoded]] = {}  # the last scrape's families, in order
         self._kept: dict[tuple[str, bool], _Kept] = {}
+        self._encoders: dict[str, tuple[Callable[[Any], bytes], str]] = {}  # by Accept
 
     def render(self, registry: Collector, accept: str) -> tuple[bytes, str]:
         """The body and its content type for a request with this Accept header."""
@@ -82,7 +83,7 @@ class ExpositionCache:
 
     def body(self, registry: Collector, accept: str, *, gzipped: bool) -> Body:
         """The body for a request with this Accept header, gzipped or not."""
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = self._encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
         families = list(registry.collect())
         last = self._last.get(content_type, [])
@@ -111,6 +112,15 @@ class ExpositionCache:
         compressor = kept.compressor.copy()
         return Body((kept.data, compressor.compress(rest) + compressor.flush()),
                     content_type, True)
+
+    def _encoder(self, accept: str) -> tuple[Callable[[Any], bytes], str]:
+        """`choose_encoder(accept)`, remembered: a scraper sends the same header each time."""
+        chosen = self._encoders.get(accept)
+        if chosen is None:
+            if len(self._encoders) >= 64:  # what clients send is theirs: keep it bounded
+                self._encoders.clear()
+            chosen = self._encoders[accept] = choose_encoder(accept)
+        return chosen
 
     def _kept_run(self, content_type: str, gzipped: bool, run: list[_Encoded]) -> _Kept:
         key = (content_type, gzipped)
