@@ -71,15 +71,16 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
 def test_two_thousand_half_open_requests_leave_metrics_answering_on_constant_threads():
     raise_fd_limit(HALF_OPEN + 1024)
     with running_server() as server:
-        wait_for(lambda: threading.active_count() >= 3, message="the server's threads")
+        wait_for(lambda: "http-worker" in {t.name for t in threading.enumerate()},
+                 message="the server's worker thread")
         threads = threading.active_count()
         with half_open(server.port, HALF_OPEN):
-            assert threading.active_count() == threads
+            assert threading.active_count() <= threads
             assert server.open_connections <= server.max_connections
             reply = fetch(url(server), timeout=10)  # a scrape on a fresh connection
             assert reply.status == 200 and b"vgpumon_build_info" in reply.body
             assert fetch(url(server, "/healthz"), timeout=10).body == b"ok\n"
-            assert threading.active_count() == threads
+            assert threading.active_count() <= threads
         assert fetch(url(server), timeout=10).status == 200
 
 
@@ -205,7 +206,7 @@ def test_a_bcrypt_check_does_not_hold_scrapes_with_remembered_credentials():
             release.set()
             bad.join(10)
         assert statuses == [401]
-        assert threading.active_count() == threads  # the client thread has ended
+        assert threading.active_count() <= threads  # the client thread has ended
 
 
 SMALL_LIMIT_SERVER = """

@@ -164,6 +164,7 @@ class SelectorServer:
         self._running = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._date = (0, "")
         self._evicted = 0
@@ -196,6 +197,7 @@ class SelectorServer:
     def serve_in_thread(self) -> threading.Thread:
         self._starting()  # a shutdown() right after this waits for the thread
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self._thread = thread
         thread.start()
         return thread
 
@@ -247,6 +249,9 @@ class SelectorServer:
         self._stop = True
         self._wake()
         self._stopped.wait()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # gone when this returns: thread counts are exact
 
     def server_close(self) -> None:
         """Close the listening socket and every connection."""
