@@ -74,6 +74,7 @@ CONTRACT_METRICS = frozenset({
     "vgpumon_process_container_info",
     "vgpumon_nvml_gpus",
     "vgpumon_process_gpu_memory_bytes",
+    "vgpumon_threads",
 })
 
 _METRIC = re.compile(r"\bvgpumon_[a-z0-9_]+")

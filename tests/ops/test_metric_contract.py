@@ -14,7 +14,9 @@ DOCUMENTED = re.compile(r"^\| `(vgpumon_[a-z0-9_]+)`(?:, `(vgpumon_[a-z0-9_]+)`)
 
 
 def exported() -> set[str]:
-    source = (REPO / "vgpumon" / "http" / "collector.py").read_text()
+    # The snapshot's families, and vgpumon_threads next to the process_* metrics.
+    source = "".join((REPO / "vgpumon" / "http" / name).read_text()
+                     for name in ("collector.py", "selfstats.py"))
     return ({name + "_total" for name in COUNTER.findall(source)}
             | set(GAUGE.findall(source)))
 

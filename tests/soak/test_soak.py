@@ -30,7 +30,7 @@ CONCURRENT_RUNNERS = 4
 ENDINGS = [("crash", None), ("sleep", signal.SIGKILL), ("exit:0", None), ("crash", None),
            ("sleep", signal.SIGTERM), ("exit:3", None)]
 FD_SLACK = 2  # a scrape's connection that is being closed
-THREAD_SLACK = 1  # a scrape's handler thread that is finishing
+THREAD_SLACK = 0  # no thread per request or per API poll: the count is constant
 RSS_SLACK = 8 << 20
 
 NOISE = (b'[GIN] 2025/06/10 - 08:15:02 | 200 |      41.2\xc2\xb5s |       127.0.0.1 | GET      '

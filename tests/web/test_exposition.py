@@ -4,9 +4,12 @@ encoders write, for every format Prometheus negotiates, and never stale."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import zlib
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from tests.web.conftest import published
@@ -68,3 +71,57 @@ def test_a_heartbeat_alone_reuses_the_families_and_anything_else_does_not():
         runtime=dataclasses.replace(publisher.current.runtime, event_log_dropped=3)))
     dropped = next(m for m in collector.collect() if m.name == "vgpumon_event_log_dropped")
     assert dropped.samples[0].value == 3
+
+
+class Volatile:
+    """A collector like the process metrics: new family objects at every collection."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def collect(self):
+        yield GaugeMetricFamily("test_volatile", "changes at every scrape", value=self.value)
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_every_scrape_of_an_unchanged_snapshot_is_the_whole_body(accept, gzipped):
+    publisher = Publisher(published())
+    registry = registry_over(publisher)
+    volatile = Volatile()
+    registry.register(volatile)
+    cache = ExpositionCache()
+    encoder, content_type = choose_encoder(accept)
+    bodies = []
+    for scrape in range(4):
+        volatile.value = scrape
+        body = cache.body(registry, accept, gzipped=gzipped)
+        data = b"".join(body.parts)
+        if gzipped:
+            decompressor = zlib.decompressobj(31)
+            data = decompressor.decompress(data)
+            assert decompressor.eof and not decompressor.unused_data  # one gzip member
+        assert (data, body.content_type, body.gzipped) == (encoder(registry), content_type,
+                                                           gzipped)
+        bodies.append(body)
+    # From the second scrape on, the snapshot's part is the same bytes object: a copy.
+    assert bodies[2].parts[0] is bodies[1].parts[0] is bodies[3].parts[0]
+    assert len(bodies[0].parts) == 1  # the first scrape of a snapshot encodes it whole
+
+
+def test_a_new_snapshot_replaces_the_kept_body():
+    publisher = Publisher(published())
+    registry = registry_over(publisher)
+    registry.register(Volatile())
+    cache = ExpositionCache()
+    for _ in range(2):
+        kept = cache.body(registry, "", gzipped=True).parts[0]
+    link = ShimLinkState("/usr/lib64/libcuda.so.1", "/usr/lib64/libvgpu-cuda.so", "host", "ok")
+    current = publisher.current
+    publisher.publish(dataclasses.replace(
+        current, state=dataclasses.replace(current.state, links=(link,))))
+    bodies = [cache.body(registry, "", gzipped=True) for _ in range(2)]
+    assert bodies[1].parts[0] is not kept
+    text = gzip.decompress(b"".join(bodies[1].parts))
+    assert b'path="/usr/lib64/libcuda.so.1"' in text
+    assert text == choose_encoder("")[0](registry)

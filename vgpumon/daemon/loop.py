@@ -25,7 +25,6 @@ from dataclasses import replace
 from functools import partial
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.process_collector import ProcessCollector
 
 from vgpumon.config.loading import ConfigError
 from vgpumon.config.schema import Config
@@ -35,6 +34,7 @@ from vgpumon.daemon.exitclassifier import ExitClassifier
 from vgpumon.daemon.sdnotify import Watchdog, notify
 from vgpumon.daemon.source import Handler, Source, SourceFailure
 from vgpumon.http.collector import VgpumonCollector
+from vgpumon.http.selfstats import SelfCollector
 from vgpumon.http.server import ExporterServer
 from vgpumon.http.webconfig import WebAccess, web_access_for
 from vgpumon.model import collectors
@@ -95,7 +95,7 @@ class Daemon:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(VgpumonCollector(lambda: self.publisher.current))
         if with_process_metrics:
-            ProcessCollector(registry=registry)
+            registry.register(SelfCollector())
         return registry
 
     def bind(self) -> ExporterServer:

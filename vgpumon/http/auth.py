@@ -1,7 +1,7 @@
 """Request admission for the exporter: HTTP basic auth over bcrypt hashes, and a rate limit.
 
 Both are built from the web config (`vgpumon.http.webconfig`) and used by the HTTP server's
-threads concurrently; neither does I/O.
+thread and its worker (bcrypt checks) concurrently; neither does I/O.
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ class BasicAuth:
             return False
         self._remember(key)
         return True
+
+    def check_cached(self, authorization: str | None) -> bool | None:
+        """`check` where it needs no bcrypt: True for remembered credentials, False for a
+        header that carries none; None when only `check` can tell (it may take a while)."""
+        credentials = basic_credentials(authorization)
+        if credentials is None:
+            return False
+        user, password = credentials
+        hashed = self._users.get(user)
+        if hashed is not None and self._cached(self._cache_key(user, password, hashed)):
+            return True
+        return None
 
     def _cache_key(self, user: bytes, password: bytes, hashed: BcryptHash) -> bytes:
         message = b"\0".join([len(user).to_bytes(4, "big") + user, hashed.text.encode(),

@@ -2,10 +2,12 @@
 
 Handlers only read `Publisher.current` and never block on the loop; the only /proc read on
 the scrape path is prometheus-client's process collector of vgpumon's own `process_*` metrics
-(/proc/self/stat and friends), as in every exporter.
+(/proc/self/stat and friends), as in every exporter. They run on the server's one thread
+(`vgpumon.http.serving`): a bcrypt check, the one thing that may take long, runs on its
+worker thread.
 
-With a web config (`vgpumon.http.webconfig.WebAccess`) every connection is TLS, handshaken in its
-own thread under a deadline, and every request, /healthz included (as in the exporter
+With a web config (`vgpumon.http.webconfig.WebAccess`) every connection is TLS, handshaken
+without blocking under a deadline, and every request, /healthz included (as in the exporter
 toolkit), passes the rate limit and basic auth before it is routed.
 """
 
@@ -16,13 +18,10 @@ import gzip
 import html
 import json
 import logging
-import socket
 import ssl
-import sys
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +30,8 @@ from prometheus_client import CollectorRegistry
 from vgpumon import __version__
 from vgpumon.http.auth import CHALLENGE
 from vgpumon.http.exposition import ExpositionCache
+from vgpumon.http.request import Request
+from vgpumon.http.serving import Deferred, Reply, Response, SelectorServer
 from vgpumon.http.webconfig import WebAccess
 from vgpumon.model.untrusted import clip
 from vgpumon.snapshot.host import ProcessState
@@ -42,33 +43,21 @@ log = logging.getLogger(__name__)
 HEALTHY_INTERVALS = 3
 HEALTHY_SLACK_SECONDS = 10.0
 
-# A client must finish the TLS handshake within this time, or its connection is closed.
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
-# A connection that sends nothing for this long is closed (longer than a 1m scrape interval,
-# so Prometheus keeps reusing its connection).
-IDLE_TIMEOUT_SECONDS = 120.0
+TEXT = "text/plain; charset=utf-8"
+Query = dict[str, list[str]]
 
 
-class ExporterServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-    handshake_timeout = HANDSHAKE_TIMEOUT_SECONDS
+class ExporterServer(SelectorServer):
+    server_version = f"vgpumon/{__version__}"
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
                  publisher: Publisher, access: WebAccess | None = None):
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.address_family = family
+        super().__init__(address)
         self.registry = registry
         self.exposition = ExpositionCache()
         self.state_cache = StateCache()
         self.publisher = publisher
         self.access = access or WebAccess.plain()
-        super().__init__(address, ExporterHandler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
     @property
     def scheme(self) -> str:
@@ -78,129 +67,62 @@ class ExporterServer(ThreadingHTTPServer):
         """Apply a new web config to the connections and requests that come from now on."""
         self.access = access  # one reference swap: each reader sees the old or the new one
 
-    # -- connections (TLS) ---------------------------------------------------------------------
+    # -- SelectorServer --------------------------------------------------------------------
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        # Runs in the accepting thread: only wrap here (no I/O); the handshake happens in the
-        # connection's own thread (finish_request), so a slow or broken client stalls nobody.
-        sock, address = super().get_request()
-        context = self.access.ssl_context
-        if context is None:
-            return sock, address
-        try:
-            return context.wrap_socket(sock, server_side=True,
-                                       do_handshake_on_connect=False), address
-        except OSError:
-            sock.close()
-            raise
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.access.ssl_context
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
-            return
-        super().finish_request(request, client_address)
+    def client_allowed(self, peer_certificate: Any) -> bool:
+        return self.access.client_allowed(peer_certificate)
 
-    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
-        client = client_address[0]
-        sock.settimeout(self.handshake_timeout)
-        try:
-            sock.do_handshake()
-        except (OSError, ValueError) as err:  # SSLError, timeout, reset: this connection's
-            log.debug("tls handshake failed client=%s error=%r", client, str(err))
-            return False
-        if not self.access.client_allowed(sock.getpeercert()):
-            log.warning("tls client rejected: no allowed SAN in its certificate client=%s",
-                        client)
-            return False
-        sock.settimeout(None)
-        return True
+    def extra_headers(self) -> tuple[tuple[str, str], ...]:
+        # Every response, errors and 401s included, carries the web config's extra headers.
+        return self.access.headers
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that goes away mid-request is its own problem; anything else is ours.
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):
-            log.debug("http connection error client=%s error=%r", client_address[0], str(error))
-        else:
-            log.error("http request failed client=%s", client_address[0], exc_info=True)
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def authorize(self, handler: ExporterHandler) -> bool:
-        """Admit the request, or answer it (429, 401) and return False."""
+    def respond(self, request: Request, client: str) -> Reply:
+        if request.method not in ("GET", "HEAD"):
+            return _plain(405, "method not allowed\n", ("Allow", "GET, HEAD"))
         access = self.access
         if not access.admit():
-            handler.send_plain(429, "too many requests\n")
-            return False
-        if not access.authenticate(handler.headers.get("Authorization")):
-            handler.send_plain(401, "unauthorized\n", {"WWW-Authenticate": CHALLENGE})
-            return False
-        return True
-
-    def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
-        thread.start()
-        return thread
-
-
-class ExporterHandler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    server_version = f"vgpumon/{__version__}"
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_TIMEOUT_SECONDS
-    # Headers and body go out in two writes. With Nagle on, the body waits for the ACK of the
-    # headers, which a keep-alive client (Prometheus) delays by up to 40 ms: every scrape took
-    # 40 ms longer than its work (tests/bench/RESULTS.md).
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:
-        if not self.server.authorize(self):
-            return
-        url = urlsplit(self.path)
-        routes: dict[str, Callable[[Published, dict[str, list[str]]], None]] = {
-            "/metrics": self._metrics,
-            "/healthz": self._healthz,
-            "/state": self._state,
-            "/events": self._events,
-            "/": self._landing,
-        }
-        route = routes.get(url.path)
-        if route is None:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
-            return
-        route(self.server.publisher.current, parse_qs(url.query))
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http client=%s request=%r", self.client_address[0], format % args)
-
-    def end_headers(self) -> None:
-        # Every response, errors and 401s included, carries the web config's extra headers.
-        for name, value in self.server.access.headers:
-            self.send_header(name, value)
-        super().end_headers()
+            return _plain(429, "too many requests\n")
+        authorization = request.headers.get("authorization")
+        verdict = access.authenticate_cached(authorization)
+        if verdict is None:  # a bcrypt check: on the worker thread
+            return Deferred(partial(access.authenticate, authorization),
+                            partial(self._admitted, request))
+        return self._admitted(request, verdict)
 
     # -- routes --------------------------------------------------------------------------------
 
-    def _metrics(self, _published: Published, query: dict[str, list[str]]) -> None:
-        body, content_type = self.server.exposition.render(self.server.registry,
-                                                           self.headers.get("Accept", ""))
-        self._send(200, content_type, body, compressible=True)
+    def _admitted(self, request: Request, authenticated: bool) -> Response:
+        if not authenticated:
+            return _plain(401, "unauthorized\n", ("WWW-Authenticate", CHALLENGE))
+        url = urlsplit(request.target)
+        route = _ROUTES.get(url.path)
+        if route is None:
+            return _plain(404, "not found\n")
+        return route(self, request, self.publisher.current, parse_qs(url.query))
 
-    def _healthz(self, published: Published, _query: dict[str, list[str]]) -> None:
+    def _metrics(self, request: Request, _published: Published, _query: Query) -> Response:
+        body = self.exposition.body(self.registry, request.header("Accept"),
+                                    gzipped=_accepts_gzip(request))
+        headers = [("Content-Type", body.content_type)]
+        if body.gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        return Response(200, tuple(headers), body.parts)
+
+    def _healthz(self, _request: Request, published: Published, _query: Query) -> Response:
         age = time.time() - published.runtime.heartbeat
         limit = HEALTHY_INTERVALS * published.config.interval + HEALTHY_SLACK_SECONDS
         if age <= limit:
-            self._send(200, "text/plain; charset=utf-8", b"ok\n")
-        else:
-            self._send(503, "text/plain; charset=utf-8",
-                       f"loop stalled: last tick {age:.1f}s ago\n".encode())
+            return _plain(200, "ok\n")
+        return _plain(503, f"loop stalled: last tick {age:.1f}s ago\n")
 
-    def _state(self, published: Published, _query: dict[str, list[str]]) -> None:
-        body, gzipped = self.server.state_cache.get(published)
-        self._send(200, "application/json", body, compressible=True, gzipped=gzipped)
+    def _state(self, request: Request, published: Published, _query: Query) -> Response:
+        body, gzipped = self.state_cache.get(published)
+        return _document(request, "application/json", body, gzipped)
 
-    def _events(self, published: Published, query: dict[str, list[str]]) -> None:
+    def _events(self, request: Request, published: Published, query: Query) -> Response:
         events = published.recent_events
         kinds = set(query.get("kind", []))
         if kinds:
@@ -209,49 +131,49 @@ class ExporterHandler(BaseHTTPRequestHandler):
             since = float(query["since"][0]) if "since" in query else None
             limit = int(query["limit"][0]) if "limit" in query else None
         except ValueError:
-            self._send(400, "text/plain; charset=utf-8", b"since and limit must be numbers\n")
-            return
+            return _plain(400, "since and limit must be numbers\n")
         if since is not None:
             events = tuple(e for e in events if e.ts > since)
         if limit is not None:
             events = events[-limit:] if limit > 0 else ()
-        self._send_json({"events": [e.to_dict() for e in events]})
+        body = json.dumps({"events": [e.to_dict() for e in events]}, indent=1, default=str)
+        return _document(request, "application/json", body.encode())
 
-    def _landing(self, published: Published, _query: dict[str, list[str]]) -> None:
-        self._send(200, "text/html; charset=utf-8", landing_page(published).encode(),
-                   compressible=True)
+    def _landing(self, request: Request, published: Published, _query: Query) -> Response:
+        return _document(request, "text/html; charset=utf-8", landing_page(published).encode())
 
-    # -- plumbing ------------------------------------------------------------------------------
 
-    def _send_json(self, document: Any) -> None:
-        body = json.dumps(document, indent=1, default=str).encode()
-        self._send(200, "application/json", body, compressible=True)
+_ROUTES: dict[str, Callable[[ExporterServer, Request, Published, Query], Response]] = {
+    "/metrics": ExporterServer._metrics,
+    "/healthz": ExporterServer._healthz,
+    "/state": ExporterServer._state,
+    "/events": ExporterServer._events,
+    "/": ExporterServer._landing,
+}
 
-    def send_plain(self, status: int, text: str,
-                   headers: dict[str, str] | None = None) -> None:
-        self._send(status, "text/plain; charset=utf-8", text.encode(), headers=headers)
 
-    def _send(self, status: int, content_type: str, body: bytes, *,
-              compressible: bool = False, headers: dict[str, str] | None = None,
-              gzipped: Callable[[], bytes] | None = None) -> None:
-        headers = {"Content-Type": content_type, **(headers or {})}
-        if compressible and "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzipped() if gzipped is not None else gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+def _accepts_gzip(request: Request) -> bool:
+    return "gzip" in request.header("Accept-Encoding")
+
+
+def _plain(status: int, text: str, *headers: tuple[str, str]) -> Response:
+    return Response(status, (("Content-Type", TEXT), *headers), (text.encode(),))
+
+
+def _document(request: Request, content_type: str, body: bytes,
+              gzipped: Callable[[], bytes] | None = None) -> Response:
+    """A compressible answer: gzipped if the client takes it (`gzipped` gives it cached)."""
+    if not _accepts_gzip(request):
+        return Response(200, (("Content-Type", content_type),), (body,))
+    compressed = gzipped() if gzipped is not None else gzip.compress(body, compresslevel=5)
+    return Response(200, (("Content-Type", content_type), ("Content-Encoding", "gzip")),
+                    (compressed,))
 
 
 class StateCache:
     """/state's body, built once per `Published` and served to every request while that
     object is current: what a process hands vgpumon is encoded once, not once per request
-    (docs/reliability.md#untrusted-text). Readers race harmlessly: two threads may both build
-    the body of a new snapshot; each swaps in a complete entry (one reference)."""
+    (docs/reliability.md#untrusted-text)."""
 
     def __init__(self) -> None:
         self._entry: _StateEntry | None = None

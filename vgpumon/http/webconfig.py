@@ -405,7 +405,12 @@ class WebAccess:
         return any(name in allowed for name in certificate_sans(peer_certificate))
 
     def authenticate(self, authorization: str | None) -> bool:
+        """May take a bcrypt computation (tens of milliseconds): not on the server thread."""
         return self.basic_auth is None or self.basic_auth.check(authorization)
+
+    def authenticate_cached(self, authorization: str | None) -> bool | None:
+        """`authenticate` where it is instant; None where it needs `authenticate`."""
+        return True if self.basic_auth is None else self.basic_auth.check_cached(authorization)
 
     def admit(self) -> bool:
         """False when the rate limit is exhausted (answer 429)."""

@@ -1,21 +1,25 @@
 """Ollama's HTTP API (``/api/version``, ``/api/ps``), polled from a thread of its own.
 
-The loop must never wait on the network, so a small thread polls every interval with the
+The loop must never wait on the network, so one thread polls every interval with the
 configured timeout as a deadline for the whole exchange (a server that trickles bytes is cut
-off too), reads at most `MAX_BODY` bytes, and wakes the loop through a pipe when a result is
-ready. The loop reads `latest`, an immutable `OllamaApiState`.
+off too, by socket timeouts: no thread per request), reads at most `MAX_BODY` bytes, and
+wakes the loop through a pipe when a result is ready. The loop reads `latest`, an immutable
+`OllamaApiState`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from vgpumon.ollama.api import ApiFormatError, LoadedModel, parse_ps, parse_version
@@ -54,63 +58,131 @@ class OllamaApiState:
 def fetch(url: str, path: str, timeout: float) -> bytes:
     """GET `url` + `path` with `timeout` as a deadline for the whole exchange.
 
-    A socket timeout bounds each recv() only: a server that sends a byte now and then (in its
-    headers or its body) would hold the poller forever. At the deadline a timer shuts the
-    socket down, which ends any recv() at once.
+    A socket timeout alone bounds each recv(): a server that sends a byte now and then (in
+    its headers or its body) would hold the poller for ever. So every socket call gets the
+    time left until the deadline as its timeout, and none starts after it (`_DeadlineSocket`):
+    no thread is needed to cut a hung exchange off. (Resolving the host name is not bounded:
+    the C library's resolver takes no timeout; it runs on the poller's thread, never the
+    loop's.)
     """
     parts = urlsplit(url)
     if not parts.hostname:  # the config accepts no URL without a host
         raise ApiUnavailable(f"no host in {url!r}")
     deadline = time.monotonic() + timeout
-    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                        else http.client.HTTPConnection)
-    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
-    expired = threading.Event()
-    timer = threading.Timer(timeout, _cut_off, (connection, expired))
-    timer.daemon = True
-    timer.start()
+    tls = parts.scheme == "https"
+    connection = _Connection(parts.hostname, parts.port or (443 if tls else 80), deadline,
+                             _client_context() if tls else None)
+    response = None
     try:
         connection.request("GET", (parts.path or "") + path,
                            headers={"Accept": "application/json", "User-Agent": "vgpumon"})
-        _check_deadline(deadline, connection)
         response = connection.getresponse()
         if response.status != 200:
             raise HttpStatus(path, response.status, response.reason)
         chunks, size = [], 0
-        while True:
-            _check_deadline(deadline, connection)
-            chunk = response.read(READ_CHUNK)
-            if not chunk:
-                break
+        while chunk := response.read(READ_CHUNK):
             size += len(chunk)
             if size > MAX_BODY:
                 raise ApiFormatError(f"GET {path}: body larger than {MAX_BODY} bytes")
             chunks.append(chunk)
-        if expired.is_set():  # cut off: what was read is not the whole body
-            raise ApiUnavailable(f"GET {path}: timed out")
         return b"".join(chunks)
     except (OSError, http.client.HTTPException) as err:
-        reason = "timed out" if expired.is_set() else _describe(err)
-        raise ApiUnavailable(f"GET {path}: {reason}") from None
+        raise ApiUnavailable(f"GET {path}: {_describe(err)}") from None
     finally:
-        timer.cancel()
+        if response is not None:
+            response.close()
         connection.close()
 
 
-def _cut_off(connection: http.client.HTTPConnection, expired: threading.Event) -> None:
-    expired.set()
-    sock = connection.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _client_context() -> ssl.SSLContext:
+    """What http.client's HTTPS connections use by default."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
-def _check_deadline(deadline: float, connection: http.client.HTTPConnection) -> None:
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection over a `_DeadlineSocket` (TLS when given a context)."""
+
+    def __init__(self, host: str, port: int, deadline: float,
+                 context: ssl.SSLContext | None):
+        super().__init__(host, port)
+        self._deadline = deadline
+        self._context = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), _time_left(self._deadline))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:
+                # The ssl module times a handshake as a whole: this is the time left, too.
+                sock.settimeout(_time_left(self._deadline))
+                sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = _DeadlineSocket(sock, self._deadline)
+
+
+class _DeadlineSocket:
+    """The part of a socket http.client uses, each call timed out at a fixed deadline.
+
+    Like a socket, it stays open while a reader made by `makefile` is: http.client closes
+    the connection once a response that ends it has begun, and reads the body after."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+        self._readers = 0
+        self._closing = False
+
+    def _arm(self) -> socket.socket:
+        self._sock.settimeout(_time_left(self._deadline))
+        return self._sock
+
+    def sendall(self, data: bytes) -> None:
+        self._arm().sendall(data)  # the timeout bounds the whole sendall, not each send
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        return self._arm().recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        self._closing = True
+        if self._readers == 0:
+            self._sock.close()
+
+    def reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closing:
+            self.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock.reader_closed()
+        super().close()
+
+
+def _time_left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ApiUnavailable("timed out")
-    if connection.sock is not None:
-        connection.sock.settimeout(left)
+        raise TimeoutError("timed out")
+    return left
 
 
 def poll(url: str, timeout: float, now: float) -> OllamaApiState:
