@@ -4,9 +4,10 @@ Everything lives under one temporary root. Processes are one small C program
 (`benchproc.c`) under two names: ``<root>/usr/bin/idler`` forks N sleeping children (the
 host's other processes), ``<root>/usr/local/bin/ollama`` is the server (``ollama serve``) and
 the runners (``ollama runner --ollama-engine --model <blob> --port N``), each mapping the shims
-and a filler file in one-page pieces so that its maps has as many lines as asked. Every process
-dies when the benchmark closes its stdin or dies itself (``PR_SET_PDEATHSIG``); `close()`
-also kills whatever still runs an executable of the root and waits until none is left.
+and a filler file in one-page pieces so that its maps has as many lines as asked;
+``<root>/build/benchproc`` itself drives the churn (churn.py). Every process dies when the
+benchmark closes its stdin or dies itself (``PR_SET_PDEATHSIG``); `close()` also kills
+whatever still runs an executable of the root and waits until none is left.
 """
 
 from __future__ import annotations
