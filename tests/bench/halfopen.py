@@ -42,10 +42,15 @@ AFTER_TIMEOUT = 20.0  # for the first scrape once they closed, and for the daemo
 
 
 def nofile_limit(limit: int = DAEMON_NOFILE) -> Callable[[], None]:
-    """A preexec_fn that sets the child's RLIMIT_NOFILE (soft and hard) to `limit`."""
+    """A preexec_fn that sets the child's RLIMIT_NOFILE (soft and hard) to `limit` (the soft
+    one up to the hard limit where that cannot be raised)."""
 
     def preexec() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        except (ValueError, OSError):  # not allowed to raise the hard limit: up to it
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
 
     return preexec
 
