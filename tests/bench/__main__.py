@@ -1,13 +1,14 @@
 """`python -m tests.bench [--quick]`: vgpumon's benchmarks on a synthetic host.
 
-Prints a table and writes the figures as JSON (default ``tests/bench/results.json``). Needs
-root (the proc connector, /dev/kmsg, other processes' maps), gcc, and Debian's
-``prometheus-process-exporter`` for the comparison (that row is skipped without it). The full
-run takes about three minutes, ``--quick`` (a smoke run: few rounds, short windows) under one.
-``--source DIR`` measures the vgpumon package found in DIR instead of this checkout's (for
-before/after comparisons: ``git archive <commit> vgpumon | tar -x -C DIR``); ``--baseline
-DIR`` runs DIR's daemon next to this one during the steady state, so that both see the same
-host over the same window.
+Prints a table and writes the figures as JSON (default ``tests/bench/results.json``), with
+where the run's time went (``timings``). Needs root (the proc connector, /dev/kmsg, other
+processes' maps), gcc, and Debian's ``prometheus-process-exporter`` for the comparisons (those
+rows are skipped without it). The full run takes about six minutes, ``--quick`` (a smoke run:
+few rounds, short windows) about a minute and a half. ``--source DIR`` measures the vgpumon
+package found in DIR instead of this checkout's (for before/after comparisons: ``git archive
+<commit> vgpumon | tar -x -C DIR``); ``--baseline DIR`` runs DIR's daemon next to this one in
+the steady state, the scrape rows and the side-by-side rows (not the detection rows), so that
+both see the same host over the same window.
 """
 
 from __future__ import annotations
@@ -22,53 +23,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tests.bench.plan import (
+    FULL,
+    QUICK,
+    REFERENCE_MAPS_LINES,
+    SCRAPE_MODELS,
+    SCRAPE_RUNNERS,
+    STEADY_IDLE,
+    STEADY_MAPS_LINES,
+    STEADY_RUNNERS,
+    Plan,
+    Row,
+)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-@dataclass(frozen=True)
-class Plan:
-    refresh_rounds: int
-    idle_counts: tuple[int, ...]
-    maps_lines: tuple[int, ...]
-    scrape_rounds: int
-    steady_seconds: float
-    runner_trials: int
-    link_trials: int
-    versus_scrapes: int
-    churn_processes: int
-
-
-FULL = Plan(refresh_rounds=200, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
-            scrape_rounds=1000, steady_seconds=60.0, runner_trials=30, link_trials=30,
-            versus_scrapes=200, churn_processes=2000)
-QUICK = Plan(refresh_rounds=10, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
-             scrape_rounds=30, steady_seconds=5.0, runner_trials=3, link_trials=4,
-             versus_scrapes=10, churn_processes=200)
-# The host of the steady-state, detection and comparison benchmarks.
-STEADY_IDLE = 1000
-STEADY_RUNNERS = 4
-STEADY_MAPS_LINES = 1000
-REFERENCE_MAPS_LINES = 5000  # the runner of the idle-process series
-SCRAPE_RUNNERS = 8
-SCRAPE_MODELS = 20
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the table. `median`/`p99` are in `unit`; `note` says what it is relative to."""
-
-    key: str
-    label: str
-    median: float | None
-    p99: float | None = None
-    unit: str = "ms"
-    target: str = ""
-    note: str = ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,13 +55,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine(), "source": source_info(source),
                                "quick": args.quick, "plan": asdict(plan)}
     rows: list[Row] = []
+    from tests.bench import sidebyside
+    from tests.bench.measure import stopwatch
     from tests.bench.synthetic import SyntheticHost
+
+    timings: dict[str, float] = {}
+    results["timings"] = timings
 
     with SyntheticHost.create() as host, tempfile.TemporaryDirectory() as workdir:
         host.serve_api()
-        refresh_benchmarks(host, plan, rows, results)
-        daemon_benchmarks(host, plan, Path(workdir), rows, results,
-                          Path(args.baseline).resolve() if args.baseline else None)
+        baseline = Path(args.baseline).resolve() if args.baseline else None
+        with stopwatch(timings, "refresh"):
+            pools = refresh_benchmarks(host, plan, rows, results)
+        with stopwatch(timings, "daemon"):
+            daemon_benchmarks(host, plan, Path(workdir), rows, results, baseline)
+        for pool in pools:
+            host.stop(pool)
+        envs = {"vgpumon": _daemon_env(), **({"baseline": _daemon_env(baseline)}
+                                             if baseline is not None else {})}
+        sidebyside.run(host, plan, Path(workdir), envs, rows, results, timings)
     results["rows"] = [asdict(row) for row in rows]
     results["seconds"] = time.monotonic() - started
     out = Path(args.out)
@@ -112,7 +98,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # -- the benchmarks ----------------------------------------------------------------------------
 
-def refresh_benchmarks(host: Any, plan: Plan, rows: list[Row], results: dict) -> None:
+def refresh_benchmarks(host: Any, plan: Plan, rows: list[Row], results: dict) -> list[Any]:
+    """The refresh rows; returns the idle pools left running (STEADY_IDLE processes)."""
     from tests.bench.refresh import measure_refresh
 
     config = host.vgpumon_config()
@@ -136,9 +123,12 @@ def refresh_benchmarks(host: Any, plan: Plan, rows: list[Row], results: dict) ->
         pools.append((idle, host.spawn_idle(idle - spawned)))
         spawned = idle
         add(f"refresh_idle_{idle}", idle, REFERENCE_MAPS_LINES, runner)
+    left = []
     for idle, pool in pools:  # back to STEADY_IDLE for the rest
         if idle > STEADY_IDLE:
             host.stop(pool)
+        else:
+            left.append(pool)
     host.stop(runner)
     for lines in plan.maps_lines:
         if lines == REFERENCE_MAPS_LINES:
@@ -147,6 +137,7 @@ def refresh_benchmarks(host: Any, plan: Plan, rows: list[Row], results: dict) ->
         add(f"refresh_maps_{lines}", STEADY_IDLE, lines, runner)
         host.stop(runner)
     rows.sort(key=lambda row: _refresh_order(row.key, plan))
+    return left
 
 
 def _refresh_order(key: str, plan: Plan) -> int:
@@ -162,7 +153,7 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
     from tests.bench.detection import KINDS, Latencies, link_trials, runner_trials
     from tests.bench.measure import summarize
     from tests.bench.refresh import measure_refresh
-    from tests.bench.scrape import measure_scrapes
+    from tests.bench.scrape import measure_scrape_cpu, measure_scrapes
     from tests.bench.steady import measure_churn, measure_steady
     from tests.harness import Vgpumon, wait_for
 
@@ -242,21 +233,39 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
                 for i in range(STEADY_RUNNERS, SCRAPE_RUNNERS)]
     host.api_loaded = SCRAPE_MODELS
     (workdir / "scrape").mkdir()
-    daemon = Vgpumon(config, workdir / "scrape", env=_daemon_env())
+    daemons = [Vgpumon(config, workdir / "scrape", env=_daemon_env())]
     try:
+        if baseline is not None:
+            (workdir / "scrape-baseline").mkdir()
+            events = {"file": str(workdir / "scrape-baseline" / "events.jsonl")}
+            daemons.append(Vgpumon({**config, "events": events}, workdir / "scrape-baseline",
+                                   env=_daemon_env(baseline)))
         host.write_log(SCRAPE_MODELS)
 
-        def ready() -> bool:
+        def ready(daemon: Vgpumon) -> bool:
             metrics = daemon.metrics()
             layers = [k for k in metrics if k[0] == "vgpumon_ollama_model_gpu_layers"]
             return (metrics.get(("vgpumon_processes", (("group", "runner"),))) == SCRAPE_RUNNERS
                     and len(layers) == SCRAPE_MODELS)
 
-        wait_for(ready, 30, message="8 runners and 20 models in /metrics")
-        cost = measure_scrapes(daemon.url.removeprefix("http://"), daemon.process.pid,
-                               plan.scrape_rounds)
+        for daemon in daemons:
+            wait_for(partial(ready, daemon), 30, message="8 runners and 20 models in /metrics")
+        # One daemon at a time: each is CPU-bound while scraped back to back.
+        costs = [measure_scrapes(d.url.removeprefix("http://"), d.process.pid,
+                                 plan.scrape_rounds) for d in daemons]
+        cpus = [measure_scrape_cpu(d.url.removeprefix("http://"), d.process.pid,
+                                   plan.scrape_rounds) for d in daemons]
+        cost, cpu = costs[0], cpus[0]
         results["scrape"] = {"runners": SCRAPE_RUNNERS, "models": SCRAPE_MODELS,
-                             "links": len(config["links"]), **cost.as_dict()}
+                             "links": len(config["links"]), **cost.as_dict(),
+                             "unchanged": cpu.as_dict()}
+        versus_baseline = {"latency": "", "cpu": ""}
+        if baseline is not None:
+            results["baseline"]["scrape"] = {**costs[1].as_dict(), "unchanged": cpus[1].as_dict()}
+            versus_baseline = {
+                "latency": f"; baseline p50 {costs[1].latency.median * 1e3:.2f} / p99 "
+                           f"{costs[1].latency.p99 * 1e3:.2f} ms",
+                "cpu": f"; baseline {cpus[1].cpu_per_scrape * 1e3:.3f} ms"}
         rows.append(Row("scrape", f"/metrics scrape latency, {SCRAPE_RUNNERS} runners, "
                         f"{SCRAPE_MODELS} models, {len(config['links'])} links",
                         cost.latency.median * 1e3, cost.latency.p99 * 1e3, "ms",
@@ -264,9 +273,16 @@ def daemon_benchmarks(host: Any, plan: Plan, workdir: Path, rows: list[Row],
                         f"{cost.latency.median / cost.floor.median:.1f}x /healthz "
                         f"({cost.floor.median * 1e3:.2f} ms); {cost.samples} samples, "
                         f"OpenMetrics+gzip; daemon CPU {cost.cpu_per_scrape * 1e3:.2f} ms "
-                        f"per scrape"))
+                        f"per scrape" + versus_baseline["latency"]))
+        rows.append(Row("scrape_cpu", "daemon CPU per /metrics scrape, unchanged snapshot",
+                        cpu.cpu_per_scrape * 1e3, None, "ms", "<= 0.3 ms",
+                        f"{cpu.rounds} scrapes back to back over one keep-alive connection, "
+                        f"OpenMetrics+gzip, {cost.samples} samples; latency p50 "
+                        f"{cpu.latency.median * 1e3:.2f} ms; CPU from {cpu.meter}"
+                        + versus_baseline["cpu"]))
     finally:
-        daemon.stop()
+        for daemon in daemons:
+            daemon.stop()
     for runner in runners:
         host.stop(runner)
 
@@ -362,7 +378,9 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "ms":
         return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
     if unit == "us":
-        return f"{value:.0f} us"
+        return f"{value:.0f} us" if value >= 10 else f"{value:.1f} us"
+    if unit == "threads":
+        return f"{value:.0f}"
     return f"{value:.2f} {unit}"
 
 

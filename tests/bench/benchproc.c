@@ -11,9 +11,14 @@
  *       "ready\n"; on SIGUSR1 map BENCH_LATE and print the CLOCK_REALTIME before its open and
  *       after its mmap;
  *       exit on stdin EOF (PR_SET_PDEATHSIG=SIGKILL as well).
+ *   BENCH_MODE=churn  BENCH_RATE=R  BENCH_SECONDS=S  BENCH_PROGRAM=/bin/true
+ *       start PROGRAM R times a second for S seconds (posix_spawn, paced on absolute
+ *       CLOCK_MONOTONIC deadlines; a start more than 100 ms late is dropped, not bunched),
+ *       reap each child as it exits, then print "started N seconds T" (N programs in T s).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <spawn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -125,6 +130,51 @@ static int runner(void) {
     }
 }
 
+extern char **environ;
+
+static void reap(long *running, int block) {
+    while (*running > 0) {
+        pid_t pid = waitpid(-1, NULL, block ? 0 : WNOHANG);
+        if (pid <= 0) return;
+        (*running)--;
+    }
+}
+
+static double seconds_since(const struct timespec *start) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+static int churn(long rate, double seconds, const char *program) {
+    die_with_parent(getppid());
+    if (rate <= 0 || seconds <= 0) { fprintf(stderr, "churn: BENCH_RATE, BENCH_SECONDS\n"); return 2; }
+    long total = (long)(rate * seconds + 0.5), started = 0, running = 0;
+    char *argv[] = {(char *)program, NULL};
+    struct timespec start, next;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    next = start;
+    for (long i = 0; i < total; i++) {
+        long ns = start.tv_nsec + (long)((i * 1000000000.0) / rate);
+        next.tv_sec = start.tv_sec + ns / 1000000000L;
+        next.tv_nsec = ns % 1000000000L;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {}
+        reap(&running, 0);
+        if (seconds_since(&start) - i / (double)rate > 0.1) continue;  /* late: dropped */
+        pid_t pid;
+        if (posix_spawn(&pid, program, NULL, NULL, argv, environ) != 0) {
+            perror("posix_spawn");
+            return 1;
+        }
+        started++;
+        running++;
+    }
+    reap(&running, 1);
+    printf("started %ld seconds %.3f\n", started, seconds_since(&start));
+    fflush(stdout);
+    return 0;
+}
+
 int main(void) {
     const char *mode = getenv("BENCH_MODE");
     if (mode && strcmp(mode, "idle") == 0) {
@@ -132,6 +182,12 @@ int main(void) {
         return idle(count ? atol(count) : 0);
     }
     if (mode && strcmp(mode, "runner") == 0) return runner();
-    fprintf(stderr, "BENCH_MODE must be idle or runner\n");
+    if (mode && strcmp(mode, "churn") == 0) {
+        const char *rate = getenv("BENCH_RATE"), *seconds = getenv("BENCH_SECONDS");
+        const char *program = getenv("BENCH_PROGRAM");
+        return churn(rate ? atol(rate) : 0, seconds ? atof(seconds) : 0,
+                     program ? program : "/bin/true");
+    }
+    fprintf(stderr, "BENCH_MODE must be idle, runner or churn\n");
     return 2;
 }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,3 +70,13 @@ def host_forks() -> int:
 
 def host_pids() -> int:
     return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+@contextlib.contextmanager
+def stopwatch(into: dict[str, float], key: str) -> Iterator[None]:
+    """Record in `into[key]` how many wall seconds the block took (where a run's time goes)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        into[key] = round(time.monotonic() - started, 1)

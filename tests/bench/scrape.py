@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.bench.client import Scraper
+from tests.bench.cpu import ProcessCpu
 from tests.bench.measure import Summary, cpu_seconds, summarize
 
 
@@ -49,3 +50,34 @@ def measure_scrapes(address: str, pid: int, rounds: int) -> ScrapeCost:
         scraper.close()
     samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     return ScrapeCost(summarize(latency), summarize(floor), cpu, len(body), samples)
+
+
+@dataclass(frozen=True)
+class ScrapeCpu:
+    """The daemon's CPU per /metrics scrape of a snapshot that does not change meanwhile (a
+    quiet host between two refreshes: what a scrape costs when nothing is new)."""
+
+    cpu_per_scrape: float
+    latency: Summary
+    rounds: int
+    meter: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpu_per_scrape": self.cpu_per_scrape, "latency": self.latency.as_dict(),
+                "rounds": self.rounds, "meter": self.meter}
+
+
+def measure_scrape_cpu(address: str, pid: int, rounds: int) -> ScrapeCpu:
+    """`rounds` scrapes of /metrics back to back over one keep-alive connection."""
+    scraper = Scraper(address)
+    meter = ProcessCpu(pid)
+    try:
+        for _ in range(20):
+            scraper.get()
+        before = meter.seconds()
+        latency = scraper.timed("/metrics", rounds)
+        cpu = (meter.seconds() - before) / rounds
+    finally:
+        meter.close()
+        scraper.close()
+    return ScrapeCpu(cpu, summarize(latency), rounds, meter.kind)

@@ -4,9 +4,10 @@ Everything lives under one temporary root. Processes are one small C program
 (`benchproc.c`) under two names: ``<root>/usr/bin/idler`` forks N sleeping children (the
 host's other processes), ``<root>/usr/local/bin/ollama`` is the server (``ollama serve``) and
 the runners (``ollama runner --ollama-engine --model <blob> --port N``), each mapping the shims
-and a filler file in one-page pieces so that its maps has as many lines as asked. Every process
-dies when the benchmark closes its stdin or dies itself (``PR_SET_PDEATHSIG``); `close()`
-also kills whatever still runs an executable of the root and waits until none is left.
+and a filler file in one-page pieces so that its maps has as many lines as asked;
+``<root>/build/benchproc`` itself drives the churn (churn.py). Every process dies when the
+benchmark closes its stdin or dies itself (``PR_SET_PDEATHSIG``); `close()` also kills
+whatever still runs an executable of the root and waits until none is left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -325,7 +327,7 @@ class SyntheticHost:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._api = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._api = _QuietServer(("127.0.0.1", 0), Handler)
         self._api.daemon_threads = True
         threading.Thread(target=self._api.serve_forever, daemon=True).start()
         self.api_port = self._api.server_address[1]
@@ -442,6 +444,14 @@ class SyntheticHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a daemon's API poll that timed out while the host was busy)
+        is no error of the stand-in's; anything else is printed as usual."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def maps_lines(pid: int) -> int:

@@ -9,11 +9,13 @@ CPU of one full refresh. Both are measured on the same host, one after the other
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ BINARY = "prometheus-process-exporter"
 # Its defaults (/etc/default/prometheus-process-exporter passes no flags), and the lean
 # variant: no smaps (10x the maps cost per process) and no per-thread metrics.
 VARIANTS = {"defaults": (), "lean": ("-gather-smaps=false", "-threads=false")}
+_INSTANCES = itertools.count()
 
 
 def binary() -> str | None:
@@ -62,33 +65,51 @@ class ExporterCost:
 def measure_process_exporter(config_text: str, workdir: Path, variant: str, scrapes: int,
                              expect: dict[str, int]) -> ExporterCost:
     """Its CPU per scrape; `expect` (group -> processes) proves it tracks what vgpumon does."""
-    path = workdir / "process-exporter.yml"
+    args = VARIANTS[variant]
+    with running(config_text, workdir, args) as (proc, address):
+        scraper = Scraper(address)
+        try:
+            body = scraper.get()
+            for _ in range(5):
+                scraper.get()
+            before = cpu_seconds(proc.pid)
+            latency = scraper.timed("/metrics", scrapes)
+            cpu = (cpu_seconds(proc.pid) - before) / scrapes
+        finally:
+            scraper.close()
+    groups = check_groups(body, expect)
+    samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return ExporterCost(variant, args, cpu, summarize(latency), samples, groups)
+
+
+@contextlib.contextmanager
+def running(config_text: str, workdir: Path,
+            args: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen, str]]:
+    """process-exporter with this config, listening: (its process, host:port); stopped after.
+    Each instance gets a config file of its own in `workdir`."""
+    path = workdir / f"process-exporter-{next(_INSTANCES)}.yml"
     path.write_text(config_text)
     port = _free_port()
-    args = VARIANTS[variant]
+    address = f"127.0.0.1:{port}"
     proc = subprocess.Popen([binary() or BINARY, "-config.path", str(path),
-                             "-web.listen-address", f"127.0.0.1:{port}", *args],
+                             "-web.listen-address", address, *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    scraper = Scraper(f"127.0.0.1:{port}")
     try:
-        wait_for(lambda: _answers(f"127.0.0.1:{port}") or proc.poll() is not None, 15,
+        wait_for(lambda: _answers(address) or proc.poll() is not None, 15,
                  message="process-exporter to listen")
         if proc.poll() is not None:
             raise RuntimeError(f"{BINARY} exited with {proc.returncode}")
-        body = scraper.get()
-        for _ in range(5):
-            scraper.get()
-        before = cpu_seconds(proc.pid)
-        latency = scraper.timed("/metrics", scrapes)
-        cpu = (cpu_seconds(proc.pid) - before) / scrapes
+        yield proc, address
     finally:
-        scraper.close()
         stop_process(proc)
+
+
+def check_groups(body: bytes, expect: dict[str, int]) -> dict[str, float]:
+    """The group counts of a scrape, checked against `expect` (group -> processes)."""
     groups = group_counts(body)
     if any(groups.get(name, 0) != count for name, count in expect.items()):
         raise RuntimeError(f"{BINARY} counts {groups}, expected {expect}")
-    samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return ExporterCost(variant, args, cpu, summarize(latency), samples, groups)
+    return groups
 
 
 def group_counts(body: bytes) -> dict[str, float]:
