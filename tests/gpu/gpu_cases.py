@@ -43,6 +43,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ("-lv", "4")  # Ollama runs llama-server with --log-verbosity 4
     expect_crash: bool = False
+    shim: str = "libvgpu-cuda.so"  # the shim file the process loads, under the rig's shim dir
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
 
     def check(self, what: str, ok: bool, detail: object = "") -> None:
@@ -53,12 +54,12 @@ def real_driver() -> str:
     return (SHIM / "realcuda").read_text().strip()
 
 
-def config_for(case_dir: Path, log: Path) -> dict:
+def config_for(case_dir: Path, log: Path, shim: str) -> dict:
     return {
         "listen": "127.0.0.1:0",
         "interval": "2s",
         "libraries": {
-            "vgpu-cuda": {"path": str(SHIM / "libvgpu-cuda.so")},
+            "vgpu-cuda": {"path": str(SHIM / shim)},
             "ggml-cuda": {"name": "libggml-cuda.so*"},
             "cuda-driver": {"name": "libcuda.so.*", "driver": True},
         },
@@ -113,7 +114,7 @@ def run_case(case: Case, out: Path, port: int) -> None:
     d.mkdir(parents=True, exist_ok=True)
     log = d / "server.log"
     log.touch()
-    config = config_for(d, log)
+    config = config_for(d, log, case.shim)
     daemon = Vgpumon(config, d, env={"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))})
     argv = [str(BIN / "llama-server"), "-m", str(MODEL), "-ngl", str(case.ngl), "--host",
             "127.0.0.1", "--port", str(port), "-c", "512", "-np", "1", *case.args]
@@ -332,7 +333,8 @@ def cases() -> list[Case]:
         Case("cpu_ngl0_no_visible_gpu", 0, {"CUDA_VISIBLE_DEVICES": ""}),
         Case("shim_preload_ngl99", 99, {"LD_PRELOAD": str(SHIM / "libvgpu-cuda.so")}),
         Case("shim_symlink_ngl99", 99, {"LD_LIBRARY_PATH": str(SHIM / "sym"),
-                                        "VGPU_SHIM_REAL_LIBCUDA": real_driver()}),
+                                        "VGPU_SHIM_REAL_LIBCUDA": real_driver()},
+             shim="sym/libvgpu-cuda.so"),
         Case("crash_kill_segv", 99),
         Case("crash_real_segv_in_shim", 99, {"LD_PRELOAD": str(SHIM / "libvgpu-cuda.so"),
                                              "VGPU_SHIM_CRASH": "cuDeviceGetAttribute"},

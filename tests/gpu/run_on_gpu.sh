@@ -32,4 +32,11 @@ if [ "$(cat /tmp/vgpurig/build.rc 2>/dev/null)" != 0 ]; then
     exit 3
 fi
 
-python3 tests/gpu/gpu_cases.py --out "$OUT" "$@"
+# The rig's cases (explicit configs), then the preload layouts with the default config.
+# `layouts` as the only argument runs the layouts alone.
+rc=0
+if [ "${1:-}" != layouts ]; then
+    python3 tests/gpu/gpu_cases.py --out "$OUT" "$@" || rc=1
+fi
+OUT="$OUT" python3 tests/gpu/layout_cases.py || rc=1
+exit $rc
