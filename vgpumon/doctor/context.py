@@ -29,7 +29,6 @@ from vgpumon.doctor.libsearch import (
     loadable_executable,
     resolve_candidate,
 )
-from vgpumon.doctor.loader.ldresolve import FileId
 from vgpumon.doctor.loadtest import LoadTestResult, run_load_test
 from vgpumon.doctor.logread import Locate, LogReadout, container_locator, read_log
 from vgpumon.doctor.modelload import ModelLoad, load_model
@@ -41,6 +40,7 @@ from vgpumon.doctor.privileges import (
 )
 from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
 from vgpumon.linux.fscreds import acting_as
+from vgpumon.linux.loader.ldresolve import FileId
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import (
     DELETED_SUFFIX,

@@ -53,10 +53,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from vgpumon.doctor.loader import ldso
-from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
 from vgpumon.linux import elf
 from vgpumon.linux.elf import ElfError, ElfInfo, fd_reader, parse_elf
+from vgpumon.linux.loader import ldso
+from vgpumon.linux.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
 from vgpumon.linux.paths import HOST, FileView
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
