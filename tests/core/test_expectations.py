@@ -34,6 +34,7 @@ LIB = "/usr/lib64"
 OLLAMA = "/usr/local/lib/ollama"
 ALL_FOUR = tuple(f"{LIB}/libvgpu-{s}.so" for s in ("exec", "cuda", "nvml", "cudart"))
 REAL_DRIVER = f"{LIB}/libcuda.so.580.65.06"
+MODERN = "0.13.5"  # an Ollama whose CUDA code is lib/ollama/cuda_v*/libggml-cuda.so
 CUDA_LINKS = (f"{LIB}/libcuda.so.1", f"{OLLAMA}/cuda_v12/libcuda.so.1")  # the built-in links
 TO_THE_LINK = Landing("libcuda.so.1", ALL_FOUR[1], through=(CUDA_LINKS[1],))
 TO_THE_REAL_DRIVER_BY_THE_LINK = Landing("libcuda.so.1", REAL_DRIVER, through=(CUDA_LINKS[1],))
@@ -55,9 +56,9 @@ def runner_maps(*extra: tuple[str, str], cuda: str = "cuda_v13") -> ProcessLibra
 
 def judge(name: str, loader: LoaderVariables | None, libraries: ProcessLibraries,
           sonames: dict[str, str | None] | None = None, early: frozenset[str] = frozenset(),
-          landings: dict[str, Landing] | None = None):
+          landings: dict[str, Landing] | None = None, version: str | None = MODERN):
     sonames = sonames or {}
-    expected = expectations(group(name), CONFIG, loader, libraries, landings)
+    expected = expectations(group(name), CONFIG, loader, libraries, landings, version)
     return expected, bypasses(CONFIG, expected, libraries, sonames, early, landings)
 
 
@@ -199,6 +200,17 @@ def test_landings_are_wanted_where_a_rule_reads_them():
     preloaded = LoaderVariables(preload=(ALL_FOUR[1],))
     assert landings_wanted(group(DISCOVERY), CONFIG, preloaded, real) == ("vgpu-cuda",)
     assert landings_wanted(group(RUNNER), CONFIG, LoaderVariables(), runner_maps()) == ()
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    ("0.5.8", True), ("0.30.0", True),
+    ("0.5.7", False),  # its CUDA code is the runner's libggml_cuda_v12.so
+    ("0.3.14", False),  # the runner's libggml.so
+    (None, False),  # unknown: only what holds in every era
+])
+def test_the_cuda_backend_is_expected_where_the_era_has_it(version, expected):
+    found, _ = judge(RUNNER, LoaderVariables(), maps(), version=version)
+    assert (Expectation("ggml-cuda", "backend") in found) is expected
 
 
 def test_a_cpu_runner_expects_no_link_reached_shim():

@@ -247,6 +247,8 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
                LogReadout("", since, error="not read"))
     version, version_from = ollama_version(api, log)
     era = era_of(version)
+    if observer.set_ollama_version(version):  # what a runner is expected to map depends on it
+        state = observer.snapshot(state.taken_at)
     context = DoctorContext(
         config=config, options=options, now=now, hostname=socket.gethostname(),
         privileges=privileges, state=state, server=server, runner_environs=runner_environs,

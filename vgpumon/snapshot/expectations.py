@@ -13,7 +13,9 @@ With ``expect: auto`` a shim is expected where the way it reaches processes says
   loader resolves it in the runner's root and environment (`vgpumon.sources.landing`:
   preloads by SONAME, ``LD_LIBRARY_PATH``, the backend's ``DT_RUNPATH``, ``ld.so.cache``, the
   default directories);
-- a runner also expects the CUDA backend (``ggml-cuda``) when that library is defined.
+- a runner also expects the CUDA backend (``ggml-cuda``) when that library is defined and
+  the Ollama version is known to be one whose CUDA code is that backend (0.5.8 and later;
+  with the version unknown, only what holds in every era is expected).
 
 A process that expects a shim which `stands_for` a real library bypasses it when it maps the
 real library and not the shim; or when it maps both and the name the runtime asks for lands,
@@ -34,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vgpumon.config.schema import RUNNER, Config, GroupSpec, LibrarySpec, LinkSpec
+from vgpumon.ollama.versions import version_tuple
 from vgpumon.sources.landing import Landing
 from vgpumon.sources.libraries import ProcessLibraries
 from vgpumon.sources.loader_env import LoaderVariables
@@ -42,6 +45,10 @@ CONFIG, PRELOAD, SYSTEM_PRELOAD, LINK, BACKEND = (
     "config", "preload", "ld_so_preload", "link", "backend")
 REASONS = (CONFIG, PRELOAD, SYSTEM_PRELOAD, LINK, BACKEND)
 BACKEND_LIBRARY = "ggml-cuda"
+# Ollama's CUDA code is a backend library of its own, lib/ollama/cuda_v*/libggml-cuda.so (what
+# the built-in ggml-cuda names), from 0.5.8; before, it is in the runner's own libggml.so or
+# libggml_cuda_v12.so, or in libcudart (docs/ollama.md#libraries-per-process).
+BACKEND_SINCE = (0, 5, 8)
 # Where preloads are judged: before this age the loader may not have mapped them yet.
 PRELOAD_SETTLE_SECONDS = 1.0
 REAL_INSTEAD = "the real library is mapped and the shim is not"
@@ -68,9 +75,11 @@ class Bypass:
 
 def expectations(group: GroupSpec, config: Config, loader: LoaderVariables | None,
                  libraries: ProcessLibraries,
-                 landings: Mapping[str, Landing] | None = None) -> tuple[Expectation, ...]:
+                 landings: Mapping[str, Landing] | None = None,
+                 ollama_version: str | None = None) -> tuple[Expectation, ...]:
     """What `group`'s member is expected to map; `landings`: shim name -> where the name its
-    real library answers to lands in the process (those `landings_wanted` names)."""
+    real library answers to lands in the process (those `landings_wanted` names);
+    `ollama_version`: the server's, where known."""
     landings = landings or {}
     if not group.expect_auto:
         return tuple(Expectation(name, CONFIG) for name in group.expect)
@@ -87,9 +96,16 @@ def expectations(group: GroupSpec, config: Config, loader: LoaderVariables | Non
             if spec.name not in found and _reached_by_link(spec, config, libraries,
                                                            landings.get(spec.name)):
                 found[spec.name] = Expectation(spec.name, LINK)
-        if any(spec.name == BACKEND_LIBRARY for spec in config.libraries):
+        if (any(spec.name == BACKEND_LIBRARY for spec in config.libraries)
+                and backend_era(ollama_version)):
             found.setdefault(BACKEND_LIBRARY, Expectation(BACKEND_LIBRARY, BACKEND))
     return tuple(found.values())
+
+
+def backend_era(version: str | None) -> bool:
+    """Whether Ollama `version` keeps its CUDA code in the ggml-cuda backend library."""
+    parsed = version_tuple(version) if version else None
+    return parsed is not None and parsed >= BACKEND_SINCE
 
 
 def landings_wanted(group: GroupSpec, config: Config, loader: LoaderVariables | None,

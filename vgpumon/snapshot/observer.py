@@ -99,6 +99,7 @@ class HostObserver:
         # Where a name landed in a process, resolved once when first needed (close to when
         # the process loaded it: a link changed later does not change what it loaded).
         self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing | None] = {}
+        self._ollama_version: str | None = None
         # The last judgement of each process, and the maps state it was made from.
         self._judged: dict[tuple[int, int], tuple[ProcessLibraries, bool, ProcessState]] = {}
 
@@ -145,6 +146,15 @@ class HostObserver:
         self._set_processes(self._scanner.tracked())
         return gone, self.snapshot(now)
 
+    def set_ollama_version(self, version: str | None) -> bool:
+        """The server's Ollama version, which some expectations depend on; True when it
+        changed (every process is judged again at the next snapshot)."""
+        if version == self._ollama_version:
+            return False
+        self._ollama_version = version
+        self._judged.clear()
+        return True
+
     def close(self) -> None:
         """Release what the sources hold (NVML)."""
         if self._nvml is not None:
@@ -179,7 +189,8 @@ class HostObserver:
             loader = self._loader.get(process.key)
             sonames = self._sonames_of(process, libraries)
             landings = self._landings_of(process, group, loader, libraries, sonames, now)
-            expected = expectations(group, self.config, loader, libraries, landings)
+            expected = expectations(group, self.config, loader, libraries, landings,
+                                    self._ollama_version)
             state = ProcessState(
                 process, libraries, expected,
                 preload_failures(expected, libraries) if settled else (),
