@@ -43,11 +43,12 @@ REVIEWED = {
         "journalctl as named in vgpumon's own config, fixed arguments",
     ("vgpumon/sources/ollama_log.py", "JournalFollower.catch_up", "subprocess.run"):
         "journalctl as named in vgpumon's own config, fixed arguments",
-    ("vgpumon/doctor/loader/ldso.py", "_run_diagnostics", "subprocess.run"):
+    ("vgpumon/linux/loader/ldso.py", "_run_diagnostics", "subprocess.run"):
         "the system's own dynamic loader, from a fixed path per ELF machine (SYSTEM_LOADERS, "
         "its PT_INTERP), only a root-owned file nobody else may write, with the one fixed "
         "argument --list-diagnostics and an empty environment: $PLATFORM and $LIB as the "
-        "loader expands them",
+        "loader expands them; once per process, by the doctor and by the daemon's "
+        "expectations (vgpumon/sources/landing.py)",
     ("vgpumon/linux/fscreds.py", "acting_as", "ctypes.CDLL"):
         "the C library itself (CDLL(None)), for setfsuid and setfsgid",
     ("vgpumon/http/passwords.py", "_load_library", "ctypes.util.find_library"):

@@ -2,6 +2,8 @@
 layouts real vGPU hosts use (docs/configuration.md#expectations): shims preloaded (all four,
 or only libvgpu-exec.so), reached by links only, preloaded with or without the real driver's
 SONAME; links right or pointing at the real driver; a cuda_v13 runner beside cuda_v12 links.
+Where a name lands is given here (`Landing`); tests/core/test_landing.py finds it with the
+loader model in real files.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 from vgpumon.config.schema import DISCOVERY, RUNNER, SERVER, Config, LinkSpec
 from vgpumon.snapshot.expectations import (
     LINK,
+    LINK_TO_REAL,
     PRELOAD,
     REAL_INSTEAD,
     SHADOWED,
@@ -19,8 +22,10 @@ from vgpumon.snapshot.expectations import (
     Expectation,
     bypasses,
     expectations,
+    landings_wanted,
     preload_failures,
 )
+from vgpumon.sources.landing import Landing
 from vgpumon.sources.libraries import LibraryMapping, ProcessLibraries
 from vgpumon.sources.loader_env import LoaderVariables, split_path, split_preload
 
@@ -29,6 +34,11 @@ LIB = "/usr/lib64"
 OLLAMA = "/usr/local/lib/ollama"
 ALL_FOUR = tuple(f"{LIB}/libvgpu-{s}.so" for s in ("exec", "cuda", "nvml", "cudart"))
 REAL_DRIVER = f"{LIB}/libcuda.so.580.65.06"
+MODERN = "0.13.5"  # an Ollama whose CUDA code is lib/ollama/cuda_v*/libggml-cuda.so
+CUDA_LINKS = (f"{LIB}/libcuda.so.1", f"{OLLAMA}/cuda_v12/libcuda.so.1")  # the built-in links
+TO_THE_LINK = Landing("libcuda.so.1", ALL_FOUR[1], through=(CUDA_LINKS[1],))
+TO_THE_REAL_DRIVER_BY_THE_LINK = Landing("libcuda.so.1", REAL_DRIVER, through=(CUDA_LINKS[1],))
+TO_THE_PRELOADED_SHIM = Landing("libcuda.so.1", ALL_FOUR[1], preloaded=True)
 
 
 def maps(*pairs: tuple[str, str]) -> ProcessLibraries:
@@ -45,10 +55,11 @@ def runner_maps(*extra: tuple[str, str], cuda: str = "cuda_v13") -> ProcessLibra
 
 
 def judge(name: str, loader: LoaderVariables | None, libraries: ProcessLibraries,
-          sonames: dict[str, str | None] | None = None, early: frozenset[str] = frozenset()):
+          sonames: dict[str, str | None] | None = None, early: frozenset[str] = frozenset(),
+          landings: dict[str, Landing] | None = None, version: str | None = MODERN):
     sonames = sonames or {}
-    expected = expectations(group(name), CONFIG, loader, libraries, sonames)
-    return expected, bypasses(CONFIG, expected, libraries, sonames, early)
+    expected = expectations(group(name), CONFIG, loader, libraries, landings, version)
+    return expected, bypasses(CONFIG, expected, libraries, sonames, early, landings)
 
 
 def test_a_modern_server_with_nothing_preloaded_expects_nothing():
@@ -83,7 +94,9 @@ def test_only_exec_preloaded_and_links_right_is_healthy():
                              library_path=split_path(f"{OLLAMA}:{OLLAMA}/cuda_v13"))
     libraries = runner_maps(("vgpu-exec", ALL_FOUR[0]), ("vgpu-cuda", ALL_FOUR[1]),
                             ("cudart", f"{OLLAMA}/cuda_v13/libcudart.so.13.0.48"))
-    expected, gone = judge(RUNNER, loader, libraries, {"cudart": "libcudart.so.13"})
+    bundled = Landing("libcudart.so.13", f"{OLLAMA}/cuda_v13/libcudart.so.13.0.48")
+    expected, gone = judge(RUNNER, loader, libraries, {"cudart": "libcudart.so.13"},
+                           landings={"vgpu-cudart": bundled})
     assert {(e.library, e.because) for e in expected} == {
         ("vgpu-exec", PRELOAD), ("vgpu-cuda", LINK), ("ggml-cuda", "backend")}
     assert gone == ()  # the bundled cudart 13: no cudart link is on a cuda_v13 runner's path
@@ -93,9 +106,13 @@ def test_only_exec_preloaded_and_the_link_at_the_real_driver_is_a_bypass():
     """The reported blind spot: libvgpu-exec.so in every process counted as "a shim"."""
     loader = LoaderVariables(preload=(ALL_FOUR[0],))
     libraries = runner_maps(("vgpu-exec", ALL_FOUR[0]), ("cuda-driver", REAL_DRIVER))
-    expected, gone = judge(RUNNER, loader, libraries, {"cuda-driver": "libcuda.so.1"})
+    expected, gone = judge(RUNNER, loader, libraries, {"cuda-driver": "libcuda.so.1"},
+                           landings={"vgpu-cuda": TO_THE_REAL_DRIVER_BY_THE_LINK})
     assert Expectation("vgpu-cuda", LINK) in expected
-    assert gone == (Bypass("vgpu-cuda", "cuda-driver", REAL_INSTEAD),)
+    assert gone == (Bypass("vgpu-cuda", "cuda-driver", LINK_TO_REAL),)
+    # where it lands is not known (its environment is unreadable): no link expectation
+    expected, gone = judge(RUNNER, loader, libraries, {"cuda-driver": "libcuda.so.1"})
+    assert Expectation("vgpu-cuda", LINK) not in expected and gone == ()
 
 
 def test_links_only_layout_is_healthy_and_a_broken_link_is_a_bypass():
@@ -105,8 +122,32 @@ def test_links_only_layout_is_healthy_and_a_broken_link_is_a_bypass():
     assert Expectation("vgpu-cuda", LINK) in expected
     assert gone == ()  # a forwarding shim reached by the link maps the driver beside it
     broken = runner_maps(("cuda-driver", REAL_DRIVER))
-    _, gone = judge(RUNNER, LoaderVariables(), broken, {"cuda-driver": "libcuda.so.1"})
-    assert gone == (Bypass("vgpu-cuda", "cuda-driver", REAL_INSTEAD),)
+    _, gone = judge(RUNNER, LoaderVariables(), broken, {"cuda-driver": "libcuda.so.1"},
+                    landings={"vgpu-cuda": TO_THE_REAL_DRIVER_BY_THE_LINK})
+    assert gone == (Bypass("vgpu-cuda", "cuda-driver", LINK_TO_REAL),)
+    # a libcuda.so.1 found before any link (a real one in LD_LIBRARY_PATH): no link is reached
+    elsewhere = Landing("libcuda.so.1", "/opt/cuda/compat/libcuda.so.1")
+    expected, gone = judge(RUNNER, LoaderVariables(), broken, {"cuda-driver": "libcuda.so.1"},
+                           landings={"vgpu-cuda": elsewhere})
+    assert Expectation("vgpu-cuda", LINK) not in expected and gone == ()
+
+
+@pytest.mark.parametrize(("landing", "bypassed"), [
+    (TO_THE_LINK, False),  # the link leads to the preloaded shim: glibc hands out that object
+    (TO_THE_REAL_DRIVER_BY_THE_LINK, True),  # the link leads to the real driver
+    (TO_THE_PRELOADED_SHIM, False),  # the shim carries libcuda.so.1: no path is searched
+])
+def test_all_four_preloaded_a_link_at_the_real_driver_is_a_bypass_unless_the_shim_answers(
+        landing, bypassed):
+    """The shim is in the process by its preload; the runtime's libcuda.so.1 is searched for
+    unless a preloaded object answers to it, and a link at the real driver hands out that."""
+    loader = LoaderVariables(preload=ALL_FOUR)
+    libraries = runner_maps(*((f"vgpu-{s}", path) for s, path in
+                              zip(("exec", "cuda", "nvml", "cudart"), ALL_FOUR, strict=True)),
+                            ("cuda-driver", REAL_DRIVER))
+    sonames = {"vgpu-cuda": "libvgpu-cuda.so", "cuda-driver": "libcuda.so.1"}
+    _, gone = judge(RUNNER, loader, libraries, sonames, landings={"vgpu-cuda": landing})
+    assert gone == ((Bypass("vgpu-cuda", "cuda-driver", LINK_TO_REAL),) if bypassed else ())
 
 
 @pytest.mark.parametrize(("shim_soname", "bypassed"), [
@@ -132,28 +173,44 @@ def test_a_preloaded_forwarding_shim_is_shadowed_unless_it_carries_the_drivers_s
 
 
 def test_a_cuda_v12_link_means_nothing_to_a_cuda_v13_runner():
-    config = Config(links=(LinkSpec(f"{OLLAMA}/cuda_v12/libcudart.so.12.8.90",
-                                    f"{LIB}/libvgpu-cudart.so"),))
+    link = f"{OLLAMA}/cuda_v12/libcudart.so.12.8.90"
+    config = Config(links=(LinkSpec(link, f"{LIB}/libvgpu-cudart.so"),))
     libraries = runner_maps(("cudart", f"{OLLAMA}/cuda_v13/libcudart.so.13.0.48"))
+    landing = Landing("libcudart.so.13", f"{OLLAMA}/cuda_v13/libcudart.so.13.0.48")
     expected = expectations(group(RUNNER), config, LoaderVariables(), libraries,
-                            {"cudart": "libcudart.so.13"})
+                            {"vgpu-cudart": landing})
     assert all(e.library != "vgpu-cudart" for e in expected)
-    v12 = runner_maps(("cudart", f"{OLLAMA}/cuda_v12/libcudart.so.12.8.90"), cuda="cuda_v12")
+    real = f"{LIB}/libcudart.so.12.8.90"  # the link was pointed at a real cudart
+    v12 = runner_maps(("cudart", real), cuda="cuda_v12")
+    landing = Landing("libcudart.so.12", real, through=(link,))
     expected = expectations(group(RUNNER), config, LoaderVariables(), v12,
-                            {"cudart": "libcudart.so.12"})
+                            {"vgpu-cudart": landing})
     assert Expectation("vgpu-cudart", LINK) in expected
-    assert bypasses(config, expected, v12, {"cudart": "libcudart.so.12"}) == (
-        Bypass("vgpu-cudart", "cudart", REAL_INSTEAD),)
+    assert bypasses(config, expected, v12, {"cudart": "libcudart.so.12"}, frozenset(),
+                    {"vgpu-cudart": landing}) == (Bypass("vgpu-cudart", "cudart", LINK_TO_REAL),)
 
 
-def test_a_link_searched_after_the_real_librarys_directory_is_not_expected():
-    """Ollama's bundled cudart is found through the backend's RUNPATH before /usr/lib64."""
-    libraries = runner_maps(("cudart", f"{OLLAMA}/cuda_v12/libcudart.so.12.8.90"),
-                            cuda="cuda_v12")
-    config = Config(links=(LinkSpec(f"{LIB}/libcudart.so.12", f"{LIB}/libvgpu-cudart.so"),))
-    expected = expectations(group(RUNNER), config, LoaderVariables(), libraries,
-                            {"cudart": "libcudart.so.12"})
-    assert all(e.library != "vgpu-cudart" for e in expected)
+def test_landings_are_wanted_where_a_rule_reads_them():
+    """A runner's shims with links whose real library it maps (reached by the link?), and a
+    preloaded shim's in any group (bypassed through a link?); nothing else is resolved."""
+    real = runner_maps(("cuda-driver", REAL_DRIVER), ("cudart", f"{LIB}/libcudart.so.12.8"))
+    assert landings_wanted(group(RUNNER), CONFIG, LoaderVariables(), real) == (
+        "vgpu-cuda", "vgpu-cudart")
+    assert landings_wanted(group(SERVER), CONFIG, LoaderVariables(), real) == ()
+    preloaded = LoaderVariables(preload=(ALL_FOUR[1],))
+    assert landings_wanted(group(DISCOVERY), CONFIG, preloaded, real) == ("vgpu-cuda",)
+    assert landings_wanted(group(RUNNER), CONFIG, LoaderVariables(), runner_maps()) == ()
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    ("0.5.8", True), ("0.30.0", True),
+    ("0.5.7", False),  # its CUDA code is the runner's libggml_cuda_v12.so
+    ("0.3.14", False),  # the runner's libggml.so
+    (None, False),  # unknown: only what holds in every era
+])
+def test_the_cuda_backend_is_expected_where_the_era_has_it(version, expected):
+    found, _ = judge(RUNNER, LoaderVariables(), maps(), version=version)
+    assert (Expectation("ggml-cuda", "backend") in found) is expected
 
 
 def test_a_cpu_runner_expects_no_link_reached_shim():
@@ -164,10 +221,21 @@ def test_a_cpu_runner_expects_no_link_reached_shim():
 def test_explicit_expect_lists_still_win():
     config = Config()
     explicit = config.group(RUNNER).__class__(RUNNER, expect=("vgpu-exec",))
-    assert expectations(explicit, config, None, maps(), {}) == (
+    assert expectations(explicit, config, None, maps()) == (
         Expectation("vgpu-exec", "config"),)
 
 
 def test_the_lists_the_loader_reads_are_split_as_it_splits_them():
     assert split_preload(" /a.so:/b.so  c.so\n") == ("/a.so", "/b.so", "c.so")
     assert split_path("/x::/y;/z") == ("/x", "/y", "/z")
+
+
+def test_a_failed_preload_with_the_real_library_mapped_is_a_bypass_too():
+    """The CUDA shim named in LD_PRELOAD at a path that does not load: the runner got the
+    real driver, whatever the links say."""
+    loader = LoaderVariables(preload=(f"{LIB}/missing/libvgpu-cuda.so",))
+    libraries = runner_maps(("cuda-driver", REAL_DRIVER))
+    expected, gone = judge(RUNNER, loader, libraries, {"cuda-driver": "libcuda.so.1"})
+    assert Expectation("vgpu-cuda", PRELOAD) in expected
+    assert preload_failures(expected, libraries) == ("vgpu-cuda",)
+    assert gone == (Bypass("vgpu-cuda", "cuda-driver", REAL_INSTEAD),)

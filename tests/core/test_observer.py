@@ -84,3 +84,27 @@ def test_a_replaced_library_file_makes_every_maps_read_again(host):
     (lib64 / "new").rename(shim)  # a new inode under the configured path
     assert mapped(observer, 2.0) == {"vgpu-exec"}
 
+
+
+def test_a_new_ollama_version_judges_every_process_again(tmp_path):
+    """A runner expects the CUDA backend only once the server's version says its CUDA code
+    is that library: the same maps, judged again when the version becomes known."""
+    proc = FakeProc(tmp_path / "proc")
+    config = parse_config(f"""
+procfs: {proc.root}
+groups:
+  runner: {{cmdline: "ollama runner", expect: auto}}
+""")
+    observer = HostObserver(config)
+    proc.add(10, "ollama", RUNNER, maps=maps_line_for("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+
+    def backend_expected(now: float) -> bool:
+        state = observer.snapshot(now) if now > 1.0 else observer.refresh(now)
+        return any(e.library == "ggml-cuda" for e in state.processes[0].expected)
+
+    assert not backend_expected(1.0)  # the version is unknown
+    assert observer.set_ollama_version("0.13.5")
+    assert backend_expected(2.0)
+    assert not observer.set_ollama_version("0.13.5")  # no change, nothing judged again
+    assert observer.set_ollama_version("0.5.7")
+    assert not backend_expected(3.0)

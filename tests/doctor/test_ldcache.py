@@ -1,4 +1,4 @@
-"""vgpumon.doctor.loader.ldcache against ``ldconfig -p`` for the system cache and caches ldconfig
+"""vgpumon.linux.loader.ldcache against ``ldconfig -p`` for the system cache and caches ldconfig
 writes."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgpumon.doctor.loader.ldcache import (
+from vgpumon.linux import elf
+from vgpumon.linux.loader.ldcache import (
     CacheEntry,
     LdCache,
     LdCacheError,
@@ -22,7 +23,6 @@ from vgpumon.doctor.loader.ldcache import (
     parse_ld_cache,
     read_ld_cache,
 )
-from vgpumon.linux import elf
 from vgpumon.linux.paths import FileView
 
 LDCONFIG = shutil.which("ldconfig") or (

@@ -1,4 +1,4 @@
-"""vgpumon.doctor.loader.ldresolve against the real glibc loader, on objects built with gcc in a
+"""vgpumon.linux.loader.ldresolve against the real glibc loader, on objects built with gcc in a
 tmp dir.
 
 Each scenario builds tiny shared objects, resolves them with the pure-Python resolver, and
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.doctor.loader.ldcache import read_ld_cache
-from vgpumon.doctor.loader.ldresolve import (
+from vgpumon.linux import elf
+from vgpumon.linux.loader.ldcache import read_ld_cache
+from vgpumon.linux.loader.ldresolve import (
     LD_PRELOAD,
     LoaderEnvironment,
     Resolution,
@@ -29,7 +30,6 @@ from vgpumon.doctor.loader.ldresolve import (
     shim_resolution,
     system_layout,
 )
-from vgpumon.linux import elf
 from vgpumon.linux.paths import HOST, FileView
 
 from .oracle import build_host, run_loader, supported_hwcaps, system_search_path

@@ -1,4 +1,4 @@
-"""vgpumon.doctor.loader.ldso: ``$PLATFORM`` and ``$LIB`` as the machine's loader expands them.
+"""vgpumon.linux.loader.ldso: ``$PLATFORM`` and ``$LIB`` as the machine's loader expands them.
 
 The parsers are tested on fixed text; the answers on this machine are checked against the
 real loader: an object whose ``DT_RUNPATH`` uses both tokens needs a library that is nowhere,
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from vgpumon.doctor.loader import ldso
-from vgpumon.doctor.loader.ldresolve import LoaderEnvironment, resolve, system_layout
 from vgpumon.linux import elf
+from vgpumon.linux.loader import ldso
+from vgpumon.linux.loader.ldresolve import LoaderEnvironment, resolve, system_layout
 from vgpumon.linux.paths import HOST
 
 from .oracle import build_host, run_loader

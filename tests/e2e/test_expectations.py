@@ -101,10 +101,11 @@ def test_a_preloaded_shim_with_the_drivers_soname_is_what_glibc_hands_out(simhos
                                                                           links_right):
     """All four preloaded, the CUDA shim carries libcuda.so.1 and forwards at start: glibc
     hands out the shim for libcuda.so.1, so even links at the real driver are no bypass (the
-    link alert is the finding there)."""
+    link alert is the finding there). Only the CUDA shim forwards at start: an NVML shim that
+    did so without carrying libnvidia-ml.so.1 would be shadowed, a bypass of its own."""
     host = simhost(era="G", cuda_shim_soname="libcuda.so.1")
     host.add_model(MODEL)
-    server = host.start_server(preload_shims=True, env={"SIMLIB_FORWARD_AT_START": "1"})
+    server = host.start_server(preload_shims=True, env={"SIMLIB_FORWARD_AT_START": "cuda"})
     broken = [link for link, _shim in host.links()
               if link.name == "libcuda.so.1" and not links_right]
     for link in broken:
@@ -139,8 +140,11 @@ def test_a_preloaded_shim_that_forwards_when_called_is_no_bypass(simhost, tmp_pa
     assert total(metrics, "vgpumon_processes_preload_failed") == 0
 
 
-@pytest.mark.parametrize("layout", ["only libvgpu-exec.so preloaded", "links only"])
+@pytest.mark.parametrize("layout", ["all four preloaded", "only libvgpu-exec.so preloaded",
+                                    "links only"])
 def test_a_link_at_the_real_driver_is_a_bypass_in_the_runner(simhost, tmp_path, layout):
+    """With the CUDA shim preloaded too: it does not carry libcuda.so.1, so the backend's
+    libcuda.so.1 is searched for, and the link hands it the real driver."""
     host = simhost(era="F")
     host.add_model(MODEL)
     server = host.start_server(preload_shims=LAYOUTS[layout])
@@ -151,7 +155,7 @@ def test_a_link_at_the_real_driver_is_a_bypass_in_the_runner(simhost, tmp_path, 
     metrics = once(host, tmp_path)
     assert total(metrics, "vgpumon_processes_bypassing_shim", group="runner") == 1
     assert total(metrics, "vgpumon_processes_missing_library", group="runner",
-                 library="vgpu-cuda") == 1
+                 library="vgpu-cuda") == (0 if LAYOUTS[layout] is True else 1)
     assert total(metrics, "vgpumon_processes_bypassing_shim", group="server") == 0
 
 

@@ -20,8 +20,8 @@ from tests.doctor.elfbuild import bytes_reader
 from vgpumon.config.loading import MAX_DURATION, MAX_INTEGER, ConfigError, parse_config
 from vgpumon.config.schema import Config
 from vgpumon.daemon.eventlog import parse_event_line
-from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, parse_ld_cache
 from vgpumon.linux.elf import ElfError, ElfInfo, parse_elf
+from vgpumon.linux.loader.ldcache import LdCache, LdCacheError, parse_ld_cache
 from vgpumon.linux.procfs import (
     MappedFile,
     ProcParseError,

@@ -76,13 +76,26 @@ static void forward_to_real(const char *shim, const char *real_prefix) {
 
 /* SIMLIB_FORWARD_AT_START=1 makes the shims forward when they are loaded (a preloaded
  * forwarding shim of this kind maps the real library before the program asks for it: what
- * glibc then hands out for the real library's SONAME is the real one). */
+ * glibc then hands out for the real library's SONAME is the real one). A list of shims
+ * ("cuda", "nvml", separated by commas) makes only those forward at load. */
+static int forwards_at_start(const char *setting, const char *shim) {
+    size_t n = strlen(shim);
+    if (strcmp(setting, "1") == 0)
+        return 1;
+    for (const char *at = setting; (at = strstr(at, shim)) != NULL; at += n)
+        if ((at == setting || at[-1] == ',') && (at[n] == '\0' || at[n] == ','))
+            return 1;
+    return 0;
+}
+
 __attribute__((constructor)) static void simlib_init(void) {
     const char *at_start = getenv("SIMLIB_FORWARD_AT_START");
-    if (!at_start || strcmp(at_start, "1") != 0)
+    if (!at_start)
         return;
-    forward_to_real("libvgpu-cuda.so", "libcuda.so.");
-    forward_to_real("libvgpu-nvml.so", "libnvidia-ml.so.");
+    if (forwards_at_start(at_start, "cuda"))
+        forward_to_real("libvgpu-cuda.so", "libcuda.so.");
+    if (forwards_at_start(at_start, "nvml"))
+        forward_to_real("libvgpu-nvml.so", "libnvidia-ml.so.");
 }
 
 __attribute__((destructor)) static void simlib_fini(void) {

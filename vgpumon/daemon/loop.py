@@ -349,10 +349,13 @@ class Daemon:
         self.call_later(max(0.0, deadline - now) + 0.001, collectors.LOOP, settle)
 
     def set_ollama(self, state: OllamaState) -> None:
-        """Adopt what the Ollama sources know now (API answer, log facts)."""
+        """Adopt what the Ollama sources know now (API answer, log facts). A new server
+        version judges the processes again (their expectations depend on it)."""
         self._ollama = state
         self._state = replace(self._state, ollama=state)
         self._unpublished = True
+        if self.observer.set_ollama_version(state.known_version):
+            self.apply(self.observer.snapshot(time.time()))
 
     def heartbeat(self) -> None:
         """Publish that the loop is alive (for /healthz), and what changed without a publish."""
@@ -384,6 +387,7 @@ class Daemon:
             self.server.set_web_config(web_access)
         self.observer.close()
         self.observer = HostObserver(config, self.health)
+        self.observer.set_ollama_version(self._ollama.known_version)
         if config.nvml == "off":
             self.health.forget(collectors.NVML)
         self.tracker.reconfigure(config.crash_loop)

@@ -29,7 +29,6 @@ from vgpumon.doctor.libsearch import (
     loadable_executable,
     resolve_candidate,
 )
-from vgpumon.doctor.loader.ldresolve import FileId
 from vgpumon.doctor.loadtest import LoadTestResult, run_load_test
 from vgpumon.doctor.logread import Locate, LogReadout, container_locator, read_log
 from vgpumon.doctor.modelload import ModelLoad, load_model
@@ -41,6 +40,7 @@ from vgpumon.doctor.privileges import (
 )
 from vgpumon.doctor.systemd import UnitStatus, unit_of_cgroup, unit_status
 from vgpumon.linux.fscreds import acting_as
+from vgpumon.linux.loader.ldresolve import FileId
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import (
     DELETED_SUFFIX,
@@ -247,6 +247,8 @@ def gather(config: Config, options: DoctorOptions | None = None) -> DoctorContex
                LogReadout("", since, error="not read"))
     version, version_from = ollama_version(api, log)
     era = era_of(version)
+    if observer.set_ollama_version(version):  # what a runner is expected to map depends on it
+        state = observer.snapshot(state.taken_at)
     context = DoctorContext(
         config=config, options=options, now=now, hostname=socket.gethostname(),
         privileges=privileges, state=state, server=server, runner_environs=runner_environs,

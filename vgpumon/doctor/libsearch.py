@@ -4,7 +4,7 @@ The candidates come from the places Ollama itself looks (docs/ollama.md#install-
 docs/ollama.md#environment-variables): the file a runner has mapped, ``GGML_BACKEND_PATH``,
 the ``OLLAMA_LIBRARY_PATH`` dirs, and
 ``cuda_v*`` in the install dir (`find_install_dir`). Each one found is resolved with
-`vgpumon.doctor.loader.ldresolve` in the environment a runner gets, through the server's
+`vgpumon.linux.loader.ldresolve` in the environment a runner gets, through the server's
 `FileView`, and
 ``libcuda.so.1`` is followed to the file it lands on: the vGPU shim or not.
 """
@@ -18,7 +18,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from vgpumon.doctor.eras import LATEST, Era
-from vgpumon.doctor.loader.ldresolve import (
+from vgpumon.linux.elf import ElfError, read_elf
+from vgpumon.linux.loader.ldresolve import (
     FileId,
     LoaderEnvironment,
     Resolution,
@@ -27,7 +28,6 @@ from vgpumon.doctor.loader.ldresolve import (
     resolve_name,
     shim_resolution,
 )
-from vgpumon.linux.elf import ElfError, read_elf
 from vgpumon.linux.paths import FileView
 
 LIBCUDA = "libcuda.so.1"

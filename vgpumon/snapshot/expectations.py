@@ -1,6 +1,6 @@
 """Which libraries a process is expected to map, and whether it bypasses a shim: pure
-functions of the config, what the loader was told and what the process maps
-(docs/configuration.md#expectations).
+functions of the config, what the loader was told, what the process maps and where the names
+its runtime asks for land (docs/configuration.md#expectations).
 
 With ``expect: auto`` a shim is expected where the way it reaches processes says so:
 
@@ -8,28 +8,36 @@ With ``expect: auto`` a shim is expected where the way it reaches processes says
   maps it at start, in every process (not mapped then: the preload failed);
 - through a link, in a runner only (in every era the runner loads the CUDA backend, which
   asks for ``libcuda.so.1``; the server maps GPU libraries only briefly or, in modern eras,
-  never), and only where the link is reached: the link's name is the one the runner's real
-  library answers to (its SONAME) and the link's directory comes no later in the runner's
-  search order (``LD_LIBRARY_PATH``, the backend's own directory, the system directories)
-  than the directory the real library was mapped from;
-- a runner also expects the CUDA backend (``ggml-cuda``) when that library is defined.
+  never), and only where the link is reached: the name the runner's real library answers to
+  (its SONAME), asked for by the runner's CUDA backend, lands through that link as glibc's
+  loader resolves it in the runner's root and environment (`vgpumon.sources.landing`:
+  preloads by SONAME, ``LD_LIBRARY_PATH``, the backend's ``DT_RUNPATH``, ``ld.so.cache``, the
+  default directories);
+- a runner also expects the CUDA backend (``ggml-cuda``) when that library is defined and
+  the Ollama version is known to be one whose CUDA code is that backend (0.5.8 and later;
+  with the version unknown, only what holds in every era is expected).
 
 A process that expects a shim which `stands_for` a real library bypasses it when it maps the
-real library and not the shim, or preloads the shim while the real library, which the shim
-itself loaded at start (it was mapped before the process's CUDA backend), carries the SONAME
-the runtime asks for and the shim does not: glibc then hands out the real one before it
-searches any path (docs/ollama.md#preloaded-shims-and-the-soname). A shim that loads the real
-library only when first called (its ``cuInit``) is handed out itself.
+real library and not the shim; or when it maps both and the name the runtime asks for lands,
+through a configured link, on the real library it maps (the link now resolves to the real
+library, and the shim is in the process only because it was preloaded without that SONAME);
+or when it preloads the shim while the real library, which the shim itself loaded at start
+(it was mapped before the process's CUDA backend), carries the SONAME the runtime asks for
+and the shim does not: glibc then hands out the real one before it searches any path
+(docs/ollama.md#preloaded-shims-and-the-soname). A shim that loads the real library only when
+first called (its ``cuInit``) is handed out itself, and so is a preloaded shim that carries
+the SONAME, wherever the links point.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vgpumon.config.schema import RUNNER, Config, GroupSpec, LibrarySpec
+from vgpumon.config.schema import RUNNER, Config, GroupSpec, LibrarySpec, LinkSpec
+from vgpumon.ollama.versions import version_tuple
+from vgpumon.sources.landing import Landing
 from vgpumon.sources.libraries import ProcessLibraries
 from vgpumon.sources.loader_env import LoaderVariables
 
@@ -37,13 +45,15 @@ CONFIG, PRELOAD, SYSTEM_PRELOAD, LINK, BACKEND = (
     "config", "preload", "ld_so_preload", "link", "backend")
 REASONS = (CONFIG, PRELOAD, SYSTEM_PRELOAD, LINK, BACKEND)
 BACKEND_LIBRARY = "ggml-cuda"
-SYSTEM_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/lib/x86_64-linux-gnu",
-               "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
-               "/usr/lib/aarch64-linux-gnu")
+# Ollama's CUDA code is a backend library of its own, lib/ollama/cuda_v*/libggml-cuda.so (what
+# the built-in ggml-cuda names), from 0.5.8; before, it is in the runner's own libggml.so or
+# libggml_cuda_v12.so, or in libcudart (docs/ollama.md#libraries-per-process).
+BACKEND_SINCE = (0, 5, 8)
 # Where preloads are judged: before this age the loader may not have mapped them yet.
 PRELOAD_SETTLE_SECONDS = 1.0
 REAL_INSTEAD = "the real library is mapped and the shim is not"
 SHADOWED = "shadowed by the real library's SONAME"
+LINK_TO_REAL = "the link resolves to the real library"
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,12 @@ class Bypass:
 
 def expectations(group: GroupSpec, config: Config, loader: LoaderVariables | None,
                  libraries: ProcessLibraries,
-                 sonames: Mapping[str, str | None]) -> tuple[Expectation, ...]:
-    """What `group`'s member is expected to map; `sonames`: library name -> SONAME of the
-    file the process maps for it."""
+                 landings: Mapping[str, Landing] | None = None,
+                 ollama_version: str | None = None) -> tuple[Expectation, ...]:
+    """What `group`'s member is expected to map; `landings`: shim name -> where the name its
+    real library answers to lands in the process (those `landings_wanted` names);
+    `ollama_version`: the server's, where known."""
+    landings = landings or {}
     if not group.expect_auto:
         return tuple(Expectation(name, CONFIG) for name in group.expect)
     found: dict[str, Expectation] = {}
@@ -80,12 +93,40 @@ def expectations(group: GroupSpec, config: Config, loader: LoaderVariables | Non
                 found.setdefault(spec.name, Expectation(spec.name, SYSTEM_PRELOAD))
     if group.name == RUNNER:
         for spec in shims:
-            if spec.name not in found and _reached_by_link(spec, config, loader, libraries,
-                                                           sonames):
+            if spec.name not in found and _reached_by_link(spec, config, libraries,
+                                                           landings.get(spec.name)):
                 found[spec.name] = Expectation(spec.name, LINK)
-        if any(spec.name == BACKEND_LIBRARY for spec in config.libraries):
+        if (any(spec.name == BACKEND_LIBRARY for spec in config.libraries)
+                and backend_era(ollama_version)):
             found.setdefault(BACKEND_LIBRARY, Expectation(BACKEND_LIBRARY, BACKEND))
     return tuple(found.values())
+
+
+def backend_era(version: str | None) -> bool:
+    """Whether Ollama `version` keeps its CUDA code in the ggml-cuda backend library."""
+    parsed = version_tuple(version) if version else None
+    return parsed is not None and parsed >= BACKEND_SINCE
+
+
+def landings_wanted(group: GroupSpec, config: Config, loader: LoaderVariables | None,
+                    libraries: ProcessLibraries) -> tuple[str, ...]:
+    """The shims for which `expectations` and `bypasses` need to know where the name their
+    real library answers to lands in this process: those with configured links, whose real
+    library the process maps, in a runner (reached by a link?) or preloaded (bypassed
+    through a link?)."""
+    if not group.expect_auto or not libraries.readable:
+        return ()
+    wanted = []
+    for name in config.shims:
+        spec = config.library(name)
+        if (spec.stands_for is None or not _links_to(config, spec)
+                or not libraries.mapped(spec.stands_for)):
+            continue
+        preloaded = loader is not None and (_named(spec, loader.preload)
+                                            or _named(spec, loader.system_preload))
+        if group.name == RUNNER or preloaded:
+            wanted.append(spec.name)
+    return tuple(wanted)
 
 
 def preload_failures(expected: tuple[Expectation, ...],
@@ -97,13 +138,16 @@ def preload_failures(expected: tuple[Expectation, ...],
 
 def bypasses(config: Config, expected: tuple[Expectation, ...], libraries: ProcessLibraries,
              sonames: Mapping[str, str | None],
-             loaded_early: frozenset[str] = frozenset()) -> tuple[Bypass, ...]:
+             loaded_early: frozenset[str] = frozenset(),
+             landings: Mapping[str, Landing] | None = None) -> tuple[Bypass, ...]:
     """The shims this process goes around (see the module's description). `loaded_early`:
     the real libraries it mapped before its CUDA backend, i.e. at start, where only a preload
-    (a forwarding shim's constructor) puts them. Configs where no shim names what it
-    `stands_for` keep the simple rule: a `driver:` library mapped while no shim is."""
+    (a forwarding shim's constructor) puts them; `landings` as for `expectations`. Configs
+    where no shim names what it `stands_for` keep the simple rule: a `driver:` library mapped
+    while no shim is."""
     if not libraries.readable:
         return ()
+    landings = landings or {}
     specs = {spec.name: spec for spec in config.libraries}
     if not any(specs[name].stands_for for name in config.shims if name in specs):
         drivers = [spec.name for spec in config.libraries if spec.driver]
@@ -116,13 +160,27 @@ def bypasses(config: Config, expected: tuple[Expectation, ...], libraries: Proce
         spec = specs.get(expectation.library)
         if spec is None or spec.stands_for is None or not libraries.mapped(spec.stands_for):
             continue
+        to_real = _link_lands_on(spec, config, landings.get(spec.name),
+                                 libraries.paths(spec.stands_for))
         if not libraries.mapped(spec.name):
-            found.append(Bypass(spec.name, spec.stands_for, REAL_INSTEAD))
+            found.append(Bypass(spec.name, spec.stands_for,
+                                LINK_TO_REAL if to_real else REAL_INSTEAD))
         elif (expectation.by_preload and _loaded_before_backend(spec.stands_for, libraries,
                                                                 loaded_early)
               and not _answers_to(sonames.get(spec.name), sonames.get(spec.stands_for))):
             found.append(Bypass(spec.name, spec.stands_for, SHADOWED))
+        elif to_real:
+            found.append(Bypass(spec.name, spec.stands_for, LINK_TO_REAL))
     return tuple(found)
+
+
+def _link_lands_on(spec: LibrarySpec, config: Config, landing: Landing | None,
+                   real_paths: tuple[str, ...]) -> bool:
+    """The name the runtime asks for lands, by a search through one of the shim's links, on
+    the real library the process maps (not on a preloaded object carrying that SONAME)."""
+    if landing is None or landing.preloaded or landing.path not in real_paths:
+        return False
+    return any(link.path in landing.through for link in _links_to(config, spec))
 
 
 def _loaded_before_backend(real: str, libraries: ProcessLibraries,
@@ -147,46 +205,18 @@ def _answers_to(shim_soname: str | None, real_soname: str | None) -> bool:
     return shim_soname is None or real_soname is None or shim_soname == real_soname
 
 
-def _reached_by_link(spec: LibrarySpec, config: Config, loader: LoaderVariables | None,
-                     libraries: ProcessLibraries, sonames: Mapping[str, str | None]) -> bool:
+def _links_to(config: Config, spec: LibrarySpec) -> list[LinkSpec]:
+    return [link for link in config.links if spec.path is not None and link.target == spec.path]
+
+
+def _reached_by_link(spec: LibrarySpec, config: Config, libraries: ProcessLibraries,
+                     landing: Landing | None) -> bool:
     if spec.path is None or spec.stands_for is None:
         return False
-    links = [link for link in config.links if link.target == spec.path]
+    links = _links_to(config, spec)
     if not links:
         return False
     if libraries.mapped(spec.name):
         return True  # reached, and by no preload: through a link
-    real_paths = libraries.paths(spec.stands_for)
-    if not real_paths:
-        return False  # it does not load this library at all (a CPU runner)
-    real_name = sonames.get(spec.stands_for) or os.path.basename(real_paths[0])
-    order = _search_order(loader, libraries)
-    real_rank = _rank(order, os.path.dirname(real_paths[0]))
-    for link in links:
-        if _family(os.path.basename(link.path)) != _family(real_name):
-            continue
-        rank = _rank(order, os.path.dirname(link.path))
-        if rank is not None and (real_rank is None or rank <= real_rank):
-            return True
-    return False
-
-
-def _search_order(loader: LoaderVariables | None,
-                  libraries: ProcessLibraries) -> tuple[str, ...]:
-    """Where a runner's loader looks, in order: LD_LIBRARY_PATH, the backend's directory (its
-    RUNPATH is ``$ORIGIN``), the system directories."""
-    library_path = loader.library_path if loader is not None else ()
-    backend = tuple(os.path.dirname(path) for path in libraries.paths(BACKEND_LIBRARY))
-    return tuple(os.path.normpath(d) for d in (*library_path, *backend, *SYSTEM_DIRS))
-
-
-def _rank(order: tuple[str, ...], directory: str) -> int | None:
-    directory = os.path.normpath(directory)
-    return order.index(directory) if directory in order else None
-
-
-def _family(name: str) -> str:
-    """``libcudart.so.12`` for ``libcudart.so.12.8.90``: the name up to the major version,
-    which is what a SONAME holds."""
-    match = re.match(r"(.+?\.so(?:\.\d+)?)", name)
-    return match.group(1) if match else name
+    # it maps the real library (else no landing was wanted: a CPU runner loads neither)
+    return landing is not None and any(link.path in landing.through for link in links)

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from vgpumon.config.schema import Config
+from vgpumon.config.schema import Config, GroupSpec
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import ProcessMaps, ProcFS
 from vgpumon.model import collectors
@@ -29,10 +29,12 @@ from vgpumon.snapshot.expectations import (
     PRELOAD_SETTLE_SECONDS,
     bypasses,
     expectations,
+    landings_wanted,
     preload_failures,
 )
 from vgpumon.snapshot.health import CollectorHealth
 from vgpumon.snapshot.host import HostState, ProcessState
+from vgpumon.sources.landing import Landing, LandingResolver
 from vgpumon.sources.libraries import (
     LibraryFile,
     LibraryMatcher,
@@ -93,6 +95,11 @@ class HostObserver:
         self._loader: dict[tuple[int, int], LoaderVariables] = {}
         self._loaded_early: dict[tuple[int, int], frozenset[str]] = {}
         self._sonames: dict[tuple[tuple[int, int], str], str | None] = {}
+        self._resolver = LandingResolver(self.procfs, (link.path for link in config.links))
+        # Where a name landed in a process, resolved once when first needed (close to when
+        # the process loaded it: a link changed later does not change what it loaded).
+        self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing | None] = {}
+        self._ollama_version: str | None = None
         # The last judgement of each process, and the maps state it was made from.
         self._judged: dict[tuple[int, int], tuple[ProcessLibraries, bool, ProcessState]] = {}
 
@@ -139,6 +146,15 @@ class HostObserver:
         self._set_processes(self._scanner.tracked())
         return gone, self.snapshot(now)
 
+    def set_ollama_version(self, version: str | None) -> bool:
+        """The server's Ollama version, which some expectations depend on; True when it
+        changed (every process is judged again at the next snapshot)."""
+        if version == self._ollama_version:
+            return False
+        self._ollama_version = version
+        self._judged.clear()
+        return True
+
     def close(self) -> None:
         """Release what the sources hold (NVML)."""
         if self._nvml is not None:
@@ -172,14 +188,38 @@ class HostObserver:
         if group is not None and libraries.readable:
             loader = self._loader.get(process.key)
             sonames = self._sonames_of(process, libraries)
-            expected = expectations(group, self.config, loader, libraries, sonames)
+            landings = self._landings_of(process, group, loader, libraries, sonames, now)
+            expected = expectations(group, self.config, loader, libraries, landings,
+                                    self._ollama_version)
             state = ProcessState(
                 process, libraries, expected,
                 preload_failures(expected, libraries) if settled else (),
                 bypasses(self.config, expected, libraries, sonames,
-                         self._loaded_early.get(process.key, frozenset())))
+                         self._loaded_early.get(process.key, frozenset()), landings))
         self._judged[process.key] = (libraries, settled, state)
         return state
+
+    def _landings_of(self, process: TrackedProcess, group: GroupSpec,
+                     loader: LoaderVariables | None, libraries: ProcessLibraries,
+                     sonames: dict[str, str | None], now: float) -> dict[str, Landing]:
+        """Where the names the shims' real libraries answer to land in this process, as its
+        CUDA backend (else its executable) asks for them; only those the rules need."""
+        found: dict[str, Landing] = {}
+        backend = libraries.paths(BACKEND_LIBRARY)
+        requester = backend[0] if backend else None
+        for shim in landings_wanted(group, self.config, loader, libraries):
+            real = self._specs[shim].stands_for
+            name = sonames.get(real) if real is not None else None
+            if loader is None or not name:
+                continue  # the real library's SONAME is what is asked for: unknown
+            key = (process.key, shim, requester, name)
+            if key not in self._landings:
+                self._landings[key] = self._resolver.landing(process.pid, loader, requester,
+                                                             name, now)
+            landing = self._landings[key]
+            if landing is not None:
+                found[shim] = landing
+        return found
 
     def _note_loaded_early(self, key: tuple[int, int], libraries: ProcessLibraries) -> None:
         """Real libraries (what a shim stands for) seen mapped while the CUDA backend is not:
@@ -255,6 +295,8 @@ class HostObserver:
                 del table[key]
         for soname_key in [k for k in self._sonames if k[0] not in live]:
             del self._sonames[soname_key]
+        for landing_key in [k for k in self._landings if k[0] not in live]:
+            del self._landings[landing_key]
         for key in list(self._maps):
             if key not in live:
                 self._exited_maps[key] = self._maps.pop(key)
@@ -278,6 +320,7 @@ class HostObserver:
         files = self.health.run(collectors.LIBRARIES, now, find)
         if files is not None:
             if files != self._library_files:  # else the same matcher: maps may be skipped
+                self._resolver.invalidate()
                 self._matcher = LibraryMatcher(self.config.libraries,
                                                {f.library: f for f in files})
             self._library_files = files
@@ -334,5 +377,7 @@ class HostObserver:
 
         links = self.health.run(collectors.LINKS, now, check)
         if links is not None:
+            if links != self._links:
+                self._resolver.invalidate()
             self._links = links
 

@@ -47,6 +47,13 @@ class OllamaState:
     def up(self) -> bool:
         return self.api is not None and self.api.up
 
+    @property
+    def known_version(self) -> str | None:
+        """The server's version: the API's answer, else the log's."""
+        if self.api is not None and self.api.up and self.api.version:
+            return self.api.version
+        return self.version
+
 
 class OllamaFacts:
     """Accumulates log events into an `OllamaState`."""

@@ -28,6 +28,10 @@ class LoaderVariables:
     library_path: tuple[str, ...] = ()  # LD_LIBRARY_PATH directories, in order
     system_preload: tuple[str, ...] = ()  # /etc/ld.so.preload entries in the process's root
     known: bool = True  # False: the environment could not be read
+    # The variables as set (None: unset), for the loader model (vgpumon/linux/loader/), which
+    # splits them as ld.so does (an empty LD_LIBRARY_PATH element is the working directory).
+    ld_preload: str | None = None
+    ld_library_path: str | None = None
 
 
 def split_preload(text: str) -> tuple[str, ...]:
@@ -47,8 +51,9 @@ def read_loader_variables(procfs: ProcFS, pid: int) -> LoaderVariables:
         environ = procfs.environ(pid)
     except OSError:
         return LoaderVariables(system_preload=system, known=False)
-    return LoaderVariables(split_preload(environ.get("LD_PRELOAD", "")),
-                           split_path(environ.get("LD_LIBRARY_PATH", "")), system)
+    preload, library_path = environ.get("LD_PRELOAD"), environ.get("LD_LIBRARY_PATH")
+    return LoaderVariables(split_preload(preload or ""), split_path(library_path or ""), system,
+                           ld_preload=preload, ld_library_path=library_path)
 
 
 def _read_system_preload(path: str) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Libraries: the CUDA backend (``libggml-cuda.so``) found where the server would look, its
 ELF dependencies resolved as ld.so would in a runner's environment, and where
-``libcuda.so.1`` lands: on the vGPU shim or not. Pure Python (`vgpumon.doctor.loader.ldresolve`),
+``libcuda.so.1`` lands: on the vGPU shim or not. Pure Python (`vgpumon.linux.loader.ldresolve`),
 no ``ldd``.
 """
 
@@ -11,10 +11,10 @@ import posixpath
 from vgpumon.doctor.context import DoctorContext
 from vgpumon.doctor.eras import LATEST
 from vgpumon.doctor.libsearch import LIBCUDA, LibraryResolution, search_patterns
-from vgpumon.doctor.loader.ldresolve import Dependency, Step
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain
 from vgpumon.doctor.text import listing, plural, variable
+from vgpumon.linux.loader.ldresolve import Dependency, Step
 
 TITLE = "Libraries"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 
 from vgpumon.doctor.context import DoctorContext
+from vgpumon.doctor.libsearch import LIBCUDA
 from vgpumon.doctor.loadtest import LoadTestResult, describe_credentials
 from vgpumon.doctor.privileges import remedy
 from vgpumon.doctor.report import Check, fail, ok, skip, uncertain, warn
@@ -87,6 +88,10 @@ def libcuda(ctx: DoctorContext, result: LoadTestResult) -> Check:
                     "CUDA shim: a runner would bypass the vGPU shim",
                     "make libcuda.so.1 resolve to the shim (shims.links, env.LD_LIBRARY_PATH) "
                     "or preload it", evidence)
+    if not cuda_shims and not real and not _needs_libcuda(ctx, result.library):
+        return ok("loadtest.libcuda", f"{result.library} does not need {LIBCUDA}: this era's "
+                  "CUDA runtime loads the driver when first called, which a dlopen does not "
+                  f"do (where a dlopen of {LIBCUDA} lands: libraries.libcuda)", evidence)
     if not cuda_shims:
         return fail("loadtest.libcuda", "the child has no CUDA shim mapped after loading the "
                     "backend", "check shims.links and libraries.libcuda: libcuda.so.1 should "
@@ -94,6 +99,14 @@ def libcuda(ctx: DoctorContext, result: LoadTestResult) -> Check:
     extra = f" (and the real driver {listing(real)})" if real else ""
     return ok("loadtest.libcuda", f"libcuda.so.1 is the shim in the child: {cuda_shims[0]}{extra}",
               evidence)
+
+
+def _needs_libcuda(ctx: DoctorContext, library: str) -> bool:
+    """Whether the loaded library needs libcuda.so.1, directly or through what it loads (the
+    loader model's answer; True where that is not known)."""
+    resolutions = ctx.libraries.resolutions if ctx.libraries else ()
+    found = next((r for r in resolutions if r.path == library), None)
+    return found is None or found.resolution is None or found.libcuda_dependency
 
 
 def _matcher(ctx: DoctorContext) -> LibraryMatcher:

@@ -53,10 +53,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from vgpumon.doctor.loader import ldso
-from vgpumon.doctor.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
 from vgpumon.linux import elf
 from vgpumon.linux.elf import ElfError, ElfInfo, fd_reader, parse_elf
+from vgpumon.linux.loader import ldso
+from vgpumon.linux.loader.ldcache import LdCache, LdCacheError, loader_flags, read_ld_cache
 from vgpumon.linux.paths import HOST, FileView
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
@@ -364,6 +364,24 @@ def resolve_name(name: str, env: LoaderEnvironment, *, model: str | None = None)
     dep, obj, new = loader.map_object(name, loader.main, DLOPEN)
     if new and obj is not None:
         loader.load_dependencies([obj])
+    return dep
+
+
+def resolve_request(name: str, requester: str, env: LoaderEnvironment) -> Dependency:
+    """How `name` resolves for the object at `requester` (a path in the view), dlopened by
+    ``env.executable`` after the preloads: the edge that first loaded `name` if the requester
+    or anything before it needed it (a preload carrying that SONAME, the requester's own
+    ``DT_NEEDED``), else the requester's ``dlopen(name)``, searched with its ``DT_RUNPATH``
+    (or its ``DT_RPATH`` chain). E.g. where ``libggml-cuda.so``'s ``libcuda.so.1`` lands.
+
+    Raises ``OSError`` if the requester cannot be opened and `ElfError` if it is not ELF.
+    """
+    loader = _Loader(env, requester)
+    root = loader.load_root(requester)
+    first = next((dep for dep in loader.edges if dep.name == name), None)
+    if first is not None:
+        return first
+    dep, _obj, _new = loader.map_object(name, root, root.path)
     return dep
 
 
