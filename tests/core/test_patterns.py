@@ -30,8 +30,10 @@ from vgpumon.sources.processes import classify, found, match_text
 
 GROUPS = Config().groups
 OLD_RUNNER = next(iter(LEGACY))
-# The defaults as they were, for comparison.
-OLD_GROUPS = tuple(dataclasses.replace(g, cmdline=re.compile(OLD_RUNNER))
+# What the default means, written the quadratic way (the earlier default, plus era A's
+# `ollama-runner`), for comparison.
+REFERENCE = r"(ollama runner|ollama-runner|ollama_llama_server|llama-server).*--model"
+OLD_GROUPS = tuple(dataclasses.replace(g, cmdline=re.compile(REFERENCE))
                    if g.name == "runner" else g for g in GROUPS)
 
 
@@ -65,7 +67,7 @@ def era_cmdlines() -> list[tuple[str, str, list[str]]]:
 def test_default_groups_classify_every_era_as_the_earlier_defaults_did(era, comm, argv):
     now = classify(GROUPS, comm, None, tuple(argv))
     assert now == classify(OLD_GROUPS, comm, None, tuple(argv))
-    if "--model" in argv and era != "A":  # era A's ollama-runner is no default group's
+    if "--model" in argv:
         assert now == "runner"
 
 
@@ -79,8 +81,9 @@ def test_the_default_patterns_are_linear_and_accepted():
     assert analyze(OLD_RUNNER).degree == 2  # why it was replaced
 
 
-_PIECES = ["ollama runner", "ollama_llama_server", "llama-server", "ollama gpu-discover",
-           "--model", "--mode", "-m", " ", "x", "ollama", "llama", "runner", "server", "-", "_",
+_PIECES = ["ollama runner", "ollama-runner", "ollama_llama_server", "llama-server",
+           "ollama gpu-discover", "--model", "--mode", "-m", " ", "x", "ollama", "llama",
+           "runner", "server", "-", "_",
            "ollama_", "llama_server", "--model=", "/usr/local/bin/"]
 
 
@@ -88,15 +91,16 @@ _PIECES = ["ollama runner", "ollama_llama_server", "llama-server", "ollama gpu-d
 @given(st.lists(st.sampled_from(_PIECES), max_size=12))
 def test_the_runner_pattern_matches_what_the_earlier_one_matched(pieces):
     text = "".join(pieces)
-    assert bool(re.search(RUNNER, text)) == bool(re.search(OLD_RUNNER, text))
+    assert bool(re.search(RUNNER, text)) == bool(re.search(REFERENCE, text))
 
 
 def test_the_runner_pattern_matches_the_earlier_one_on_every_short_combination():
-    pieces = ["ollama runner", "ollama_llama_server", "llama-server", "--model", "o", "l", " "]
+    pieces = ["ollama runner", "ollama-runner", "ollama_llama_server", "llama-server",
+              "--model", "o", "l", " "]
     for count in range(5):
         for combination in itertools.product(pieces, repeat=count):
             text = "".join(combination)
-            assert bool(re.search(RUNNER, text)) == bool(re.search(OLD_RUNNER, text)), text
+            assert bool(re.search(RUNNER, text)) == bool(re.search(REFERENCE, text)), text
 
 
 def test_classification_of_an_adversarial_cmdline_completes():

@@ -27,8 +27,7 @@ no `for:` has to be waited out or shortened. The tests then check that
   expression true, and the doctor fails nothing;
 - links at the real driver make `VgpuShimBypassed` true for the runner in every layout but
   `soname`, where only the link alert (`VgpuShimLinkBroken`) is: glibc hands out the
-  preloaded shim for `libcuda.so.1` whatever the links say (eras A and B have no runner the
-  default groups track: A's `ollama-runner` is not in the default runner pattern, B loads
+  preloaded shim for `libcuda.so.1` whatever the links say (era B has no runner: it loads
   models inside the server);
 - the `shadowed` layout makes `VgpuShimBypassed` true with every link right (only where the
   default `ggml-cuda` names the era's CUDA backend, `libggml-cuda.so`, E to G: the real
@@ -67,7 +66,7 @@ LAYOUTS: dict[str, tuple[bool | list[str], dict[str, str], dict[str, str]]] = {
 }
 HEALTHY = ("soname", "all four", "exec only", "links only")
 SHADOW_ERAS = ("E", "F", "G")  # the default ggml-cuda (libggml-cuda.so*) is their backend
-NO_TRACKED_RUNNER = ("A", "B")
+NO_TRACKED_RUNNER = ("B",)
 INTERVAL = "1s"  # Prometheus's scrape and evaluation interval (and scrape timeout)
 WAIT = 30.0
 BYPASS, LINK_ALERT = "VgpuShimBypassed", "VgpuShimLinkBroken"

@@ -61,9 +61,11 @@ QUADRATIC_LIMIT = 1024
 # --model, the search tries each one and runs .* to the end each time. The replacement finds
 # the first program name once; it matches the same strings without a newline (every
 # cmdline Ollama starts; tests/core/test_patterns.py checks it on generated ones).
-RUNNER = r"(?s)\A(?>.*?(?:ollama runner|ollama_llama_server|llama-server)).*--model"
+RUNNER = r"(?s)\A(?>.*?(?:ollama runner|ollama-runner|ollama_llama_server|llama-server)).*--model"
 LEGACY: dict[str, str] = {
     r"(ollama runner|ollama_llama_server|llama-server).*--model": RUNNER,
+    # The linear default before era A's `ollama-runner` was added.
+    r"(?s)\A(?>.*?(?:ollama runner|ollama_llama_server|llama-server)).*--model": RUNNER,
 }
 
 
