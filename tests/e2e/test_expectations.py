@@ -11,6 +11,7 @@ refresh, the real exposition.
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,32 @@ def test_the_seed_layout_is_shadowed_by_the_real_drivers_soname(simhost, tmp_pat
         assert total(daemon.metrics(), "vgpumon_processes_missing_library") == 0
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("era", ["F", "G"])
+@pytest.mark.parametrize("forward_at_start", [True, False])
+def test_a_shadowed_runner_is_told_by_the_server_without_seeing_its_start(simhost, tmp_path,
+                                                                          era,
+                                                                          forward_at_start):
+    """A runner whose start nobody saw (`vgpumon once`, or a daemon started later; a real
+    llama-server dlopens its backend milliseconds after exec): from 0.12.4 the server maps no
+    GPU library of its own, so a real driver in the server beside the preloaded shim was put
+    there by the shim at start, and the runner's copy did the same before its backend asked
+    for libcuda.so.1. A shim that forwards only when called leaves the server without the
+    real driver: no bypass."""
+    host = simhost(era=era)
+    host.add_model(MODEL)
+    env = {"SIMLIB_FORWARD_AT_START": "cuda"} if forward_at_start else {}
+    server = host.start_server(preload_shims=True, env=env)
+    runner = server.load_model(MODEL)
+    assert runner.maps_library("libvgpu-cuda.so")
+    server_maps = Path(f"/proc/{server.pid}/maps").read_text()
+    assert (str(host.real_driver) in server_maps) == forward_at_start
+    metrics = once(host, tmp_path)
+    assert total(metrics, "vgpumon_processes_bypassing_shim", group="runner") == (
+        1 if forward_at_start else 0)
+    assert total(metrics, "vgpumon_processes_bypassing_shim", group="server") == 0
+    assert total(metrics, "vgpumon_processes_missing_library") == 0
 
 
 @pytest.mark.parametrize("links_right", [True, False])

@@ -16,12 +16,12 @@ so the runner's CUDA runtime went through the shim exactly when the shim logged
 `dlopen("libcuda.so.1")` returned). The saved scrapes can then be judged by the shipped alert
 rules with tests/gpu/alerts_on_scrapes.py (promtool, on a machine that has it).
 
-The rig links llama-server with its CUDA backend (no `GGML_BACKEND_DL`), so the runner's
-`libcuda.so.1` is resolved while the program is loaded, before any preload's constructor runs:
-a preloaded forwarding shim that loads the real driver at start cannot shadow itself here, and
-`four_preloaded_forwarding` is not a bypass (the shim sees `cuGetProcAddress_v2`). Ollama's own
-builds dlopen the backend from `GGML_BACKEND_PATH` after the constructors ran; that shadowed
-case is the simulated host's (tests/e2e/test_expectations.py).
+The rig builds llama.cpp with `GGML_BACKEND_DL`, as Ollama does: the runner dlopens its CUDA
+backend from `GGML_BACKEND_PATH` after every preload's constructor ran, so a preloaded
+forwarding shim that loads the real driver at start, without carrying its SONAME, is shadowed
+by it (`four_preloaded_shadowed`: glibc hands the real driver to `dlopen("libcuda.so.1")`).
+A build that links the backend resolves `libcuda.so.1` at program load, before the
+constructors, and is not shadowed; Ollama ships no such build (tests/gpu/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def layouts() -> list[Layout]:
         Layout("links_only", (), "libvgpu-cuda.so", False, False),
         Layout("four_preloaded_soname", ALL_FOUR, "libcuda.so.1", False, False),
         Layout("four_preloaded_soname_links_to_real", ALL_FOUR, "libcuda.so.1", True, False),
-        Layout("four_preloaded_forwarding", ALL_FOUR, "libvgpu-cuda.so", False, False),
+        Layout("four_preloaded_shadowed", ALL_FOUR, "libvgpu-cuda.so", False, True),
     ]
 
 

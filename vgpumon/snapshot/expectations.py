@@ -21,12 +21,15 @@ A process that expects a shim which `stands_for` a real library bypasses it when
 real library and not the shim; or when it maps both and the name the runtime asks for lands,
 through a configured link, on the real library it maps (the link now resolves to the real
 library, and the shim is in the process only because it was preloaded without that SONAME);
-or when it preloads the shim while the real library, which the shim itself loaded at start
-(it was mapped before the process's CUDA backend), carries the SONAME the runtime asks for
-and the shim does not: glibc then hands out the real one before it searches any path
-(docs/ollama.md#preloaded-shims-and-the-soname). A shim that loads the real library only when
-first called (its ``cuInit``) is handed out itself, and so is a preloaded shim that carries
-the SONAME, wherever the links point.
+or when it preloads the shim while the real library, which the shim itself loaded at start,
+carries the SONAME the runtime asks for and the shim does not. "Loaded at start" is known two
+ways: the real library was seen mapped before the process's CUDA backend, or, from 0.12.4 on
+(when the server asks for no GPU library itself), the server, preloading the same shim, maps
+the real library too: only the shim's constructor can have put it there, and the runner's
+copy of the shim did the same before it dlopened its backend. Then glibc hands out the real
+one before it searches any path (docs/ollama.md#preloaded-shims-and-the-soname). A shim
+that loads the real library only when first called (its ``cuInit``) is handed out itself, and
+so is a preloaded shim that carries the SONAME, wherever the links point.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ BACKEND_LIBRARY = "ggml-cuda"
 # the built-in ggml-cuda names), from 0.5.8; before, it is in the runner's own libggml.so or
 # libggml_cuda_v12.so, or in libcudart (docs/ollama.md#libraries-per-process).
 BACKEND_SINCE = (0, 5, 8)
+# From 0.12.4 the server maps no GPU library unless a preload puts one there
+# (docs/ollama.md#libraries-per-process).
+SERVER_NO_GPU_SINCE = (0, 12, 4)
 # Where preloads are judged: before this age the loader may not have mapped them yet.
 PRELOAD_SETTLE_SECONDS = 1.0
 REAL_INSTEAD = "the real library is mapped and the shim is not"
@@ -106,6 +112,24 @@ def backend_era(version: str | None) -> bool:
     """Whether Ollama `version` keeps its CUDA code in the ggml-cuda backend library."""
     parsed = version_tuple(version) if version else None
     return parsed is not None and parsed >= BACKEND_SINCE
+
+
+def loaded_at_start_by_preloads(config: Config, server: ProcessLibraries | None,
+                                 server_expected: tuple[Expectation, ...],
+                                 version: str | None) -> frozenset[str]:
+    """The real libraries that preloaded shims load at start, as the server shows them: in
+    eras whose server asks for no GPU library, a real library the server maps beside a shim it
+    preloads, that stands for it."""
+    parsed = version_tuple(version) if version else None
+    if server is None or not server.readable or parsed is None or parsed < SERVER_NO_GPU_SINCE:
+        return frozenset()
+    preloaded = {e.library for e in server_expected if e.by_preload}
+    found = set()
+    for name in preloaded & set(config.shims):
+        spec = config.library(name)
+        if spec.stands_for is not None and server.mapped(name) and server.mapped(spec.stands_for):
+            found.add(spec.stands_for)
+    return frozenset(found)
 
 
 def landings_wanted(group: GroupSpec, config: Config, loader: LoaderVariables | None,

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from vgpumon.config.schema import Config, GroupSpec
+from vgpumon.config.schema import SERVER, Config, GroupSpec
 from vgpumon.linux.paths import FileView, process_view
 from vgpumon.linux.procfs import ProcessMaps, ProcFS
 from vgpumon.model import collectors
@@ -30,6 +30,7 @@ from vgpumon.snapshot.expectations import (
     bypasses,
     expectations,
     landings_wanted,
+    loaded_at_start_by_preloads,
     preload_failures,
 )
 from vgpumon.snapshot.health import CollectorHealth
@@ -101,7 +102,8 @@ class HostObserver:
         self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing | None] = {}
         self._ollama_version: str | None = None
         # The last judgement of each process, and the maps state it was made from.
-        self._judged: dict[tuple[int, int], tuple[ProcessLibraries, bool, ProcessState]] = {}
+        self._judged: dict[tuple[int, int],
+                           tuple[ProcessLibraries, bool, ProcessState, frozenset[str]]] = {}
 
     # -- refreshes ------------------------------------------------------------------------------
 
@@ -164,9 +166,15 @@ class HostObserver:
     # -- queries -------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> HostState:
+        server = self.server()
+        start_loaded: frozenset[str] = frozenset()
+        if server is not None:
+            judged = self._judge(server, now, frozenset())
+            start_loaded = loaded_at_start_by_preloads(self.config, judged.libraries,
+                                                       judged.expected, self._ollama_version)
         return HostState(
             taken_at=now,
-            processes=tuple(self._judge(p, now) for p in self._processes),
+            processes=tuple(self._judge(p, now, start_loaded) for p in self._processes),
             links=self._links,
             library_files=self._library_files,
             collectors=self.health.statuses(),
@@ -174,14 +182,19 @@ class HostObserver:
             rejected=self._scanner.rejected(),
         )
 
-    def _judge(self, process: TrackedProcess, now: float) -> ProcessState:
+    def _judge(self, process: TrackedProcess, now: float,
+               start_loaded: frozenset[str]) -> ProcessState:
         """The process with what it is expected to map and whether it bypasses a shim;
-        judged again only when its maps were read again (or it became old enough for its
-        preloads to be judged)."""
+        judged again only when its maps were read again, it became old enough for its
+        preloads to be judged, or the server shows other libraries its preloads load at
+        start (`start_loaded`)."""
         libraries = self._libraries.get(process.key, NOT_READ)
         settled = now - process.start_time >= PRELOAD_SETTLE_SECONDS
+        if process.group == SERVER:
+            start_loaded = frozenset()  # a server maps no backend: never judged shadowed
         last = self._judged.get(process.key)
-        if last is not None and last[0] is libraries and last[1] == settled:
+        if (last is not None and last[0] is libraries and last[1] == settled
+                and last[3] == start_loaded):
             return last[2]
         state = ProcessState(process, libraries)
         group = self._groups.get(process.group)
@@ -195,8 +208,9 @@ class HostObserver:
                 process, libraries, expected,
                 preload_failures(expected, libraries) if settled else (),
                 bypasses(self.config, expected, libraries, sonames,
-                         self._loaded_early.get(process.key, frozenset()), landings))
-        self._judged[process.key] = (libraries, settled, state)
+                         self._loaded_early.get(process.key, frozenset()) | start_loaded,
+                         landings))
+        self._judged[process.key] = (libraries, settled, state, start_loaded)
         return state
 
     def _landings_of(self, process: TrackedProcess, group: GroupSpec,

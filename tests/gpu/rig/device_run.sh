@@ -63,7 +63,7 @@ build() {
         tar xzf $RIG/src/llama.cpp.tar.gz -C $SRC --strip-components=1 || { log "untar failed"; return 1; }
         local c0=$(date +%s)
         cmake -S $SRC -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release \
-            -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON \
+            -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON \
             -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
             -DLLAMA_BUILD_UI=OFF -DGGML_CUDA_NCCL=OFF -DGGML_CCACHE=OFF > $ART/build/configure.log 2>&1
         local crc=$?
