@@ -108,3 +108,35 @@ groups:
     assert not observer.set_ollama_version("0.13.5")  # no change, nothing judged again
     assert observer.set_ollama_version("0.5.7")
     assert not backend_expected(3.0)
+
+
+def test_a_failed_poll_keeps_the_version_the_same_server_gave(tmp_path):
+    """An API poll that fails (and no log followed) says "version unknown"; a version does
+    not change without a restart, so the same server process keeps the one it gave. A new
+    server process starts unknown."""
+    proc = FakeProc(tmp_path / "proc")
+    config = parse_config(f"""
+procfs: {proc.root}
+groups:
+  server: {{cmdline: "serve", expect: auto}}
+  runner: {{cmdline: "ollama runner", expect: auto}}
+""")
+    observer = HostObserver(config)
+    proc.add(5, "ollama", ["/usr/local/bin/ollama", "serve"])
+    proc.add(10, "ollama", RUNNER, ppid=5,
+             maps=maps_line_for("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+    observer.refresh(1.0)
+
+    def backend_expected(now: float) -> bool:
+        runner = next(p for p in observer.snapshot(now).processes if p.process.pid == 10)
+        return any(e.library == "ggml-cuda" for e in runner.expected)
+
+    assert observer.set_ollama_version("0.13.5")
+    assert backend_expected(2.0)
+    assert not observer.set_ollama_version(None)  # one poll failed
+    assert backend_expected(3.0)
+    proc.remove(5)
+    proc.add(6, "ollama", ["/usr/local/bin/ollama", "serve"], start_ticks=200)
+    observer.refresh(4.0)
+    assert observer.set_ollama_version(None)  # a restarted server: unknown until it says
+    assert not backend_expected(5.0)

@@ -196,6 +196,21 @@ def test_a_status_that_comes_after_the_grace_amends_an_unknown_exit():
             amended["source"]) == ("unknown", "stopped", "status", "SIGKILL", "pidfd")
 
 
+def test_the_exit_of_a_process_that_reused_the_pid_is_not_taken_for_an_awaited_one():
+    """The connector reports an exit of PID 4242 that happened after the awaited exit was
+    seen: another process got the PID. Its status must neither settle the held exit nor
+    amend a published one (an unrelated crash would count towards a crash loop)."""
+    c = classifier()
+    c.vanished(RUNNER, 110.0)
+    assert not c.status_of_pending(4242, signal.SIGSEGV, "proc_connector", exited_at=110.3)
+    assert settle(c, 110.6)[0]["reason"] == "unknown"
+    assert not c.status_of_pending(4242, signal.SIGSEGV, "proc_connector", exited_at=111.0)
+    assert settle(c, 111.1) == []  # no amendment into a crash
+    assert c.status_of_pending(4242, signal.SIGSEGV, "proc_connector", exited_at=109.9)
+    (amended,) = settle(c, 111.2)
+    assert amended["reason"] == "crash"
+
+
 def test_a_published_status_is_not_replaced():
     c = classifier()
     c.exited(RUNNER, 110.0, signal.SIGKILL, "proc_connector")

@@ -250,15 +250,17 @@ class ExitWatch:
             or (exited_ns is not None
                 and started_after(current.start_ticks, exited_ns + _suspended_ns(),
                                   observer.procfs.clock_ticks)))
+        exited_at = None if exited_ns is None else \
+            time.time() - (time.monotonic_ns() - exited_ns) / 1e9
         if successor:
             # The exit of an earlier process with this PID; a scan already found its successor.
-            if classifier.status_of_pending(pid, status, source):
+            if classifier.status_of_pending(pid, status, source, exited_at=exited_at):
                 loop.record((), now)
             return
         gone, state = observer.drop(pid, now)
         if gone is not None and state is not None:
             classifier.exited(gone, now, status, source, observer.last_maps(gone.key))
             loop.apply(state)
-        elif classifier.status_of_pending(pid, status, source):
+        elif classifier.status_of_pending(pid, status, source, exited_at=exited_at):
             # It left the snapshot first (e.g. already a zombie when it was re-classified).
             loop.record((), now)

@@ -32,6 +32,9 @@ from vgpumon.model.exits import reason_for
 from vgpumon.sources.processes import TrackedProcess
 
 GRACE_SECONDS = 0.5
+# How much later than the exit was seen a reported exit may be and still be that one's
+# (clocks and the order of the reads).
+REUSE_SLACK_SECONDS = 0.05
 EVIDENCE_KEEP_SECONDS = 30.0
 # A Go trace or runner exit in the log and a process exit within this distance belong together.
 LOG_MATCH_SECONDS = 5.0
@@ -116,17 +119,25 @@ class ExitClassifier:
         if status is not None:
             pending.status = decode(status)
 
-    def status_of_pending(self, pid: int, status: int | None, source: str) -> bool:
+    def status_of_pending(self, pid: int, status: int | None, source: str, *,
+                          exited_at: float | None = None) -> bool:
         """The exit status of a process that already left the snapshot, or of an exit that
-        was published without one; False if no exit of `pid` awaits it."""
+        was published without one; False if no exit of `pid` awaits it. `exited_at` (wall
+        time; None from a source tied to the process, a pidfd) says when the reported process
+        exited: an exit after the awaited one was seen is another process's, one that reused
+        the PID (busy hosts, where exits go unseen, are where PIDs wrap)."""
         pending = self._pending.get(pid)
         if pending is not None:
+            if exited_at is not None and exited_at > pending.seen_at + REUSE_SLACK_SECONDS:
+                return False
             pending.source = source
             if status is not None:
                 pending.status = decode(status)
             return True
         published = self._published.get(pid)
         if published is None or published.exit.status is not None or status is None:
+            return False
+        if exited_at is not None and exited_at > published.exit.seen_at + REUSE_SLACK_SECONDS:
             return False
         published.exit.status = decode(status)
         published.exit.source = source

@@ -101,6 +101,8 @@ class HostObserver:
         # the process loaded it: a link changed later does not change what it loaded).
         self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing | None] = {}
         self._ollama_version: str | None = None
+        self._version_of: tuple[int, int] | None = None  # the server process that told it
+        self._evidence_from: int | None = None  # the server whose preloads are judged
         # The last judgement of each process, and the maps state it was made from.
         self._judged: dict[tuple[int, int],
                            tuple[ProcessLibraries, bool, ProcessState, frozenset[str]]] = {}
@@ -150,7 +152,14 @@ class HostObserver:
 
     def set_ollama_version(self, version: str | None) -> bool:
         """The server's Ollama version, which some expectations depend on; True when it
-        changed (every process is judged again at the next snapshot)."""
+        changed (every process is judged again at the next snapshot). An unknown version
+        (an API poll that failed, with no log followed) keeps the one the same server
+        process gave: a version does not change without a restart."""
+        server = self.server()
+        server_key = server.key if server is not None else None
+        if version is None and server_key is not None and server_key == self._version_of:
+            return False
+        self._version_of = server_key if version is not None else None
         if version == self._ollama_version:
             return False
         self._ollama_version = version
@@ -168,6 +177,7 @@ class HostObserver:
     def snapshot(self, now: float) -> HostState:
         server = self.server()
         start_loaded: frozenset[str] = frozenset()
+        self._evidence_from = server.pid if server is not None else None
         if server is not None:
             judged = self._judge(server, now, frozenset())
             start_loaded = loaded_at_start_by_preloads(self.config, judged.libraries,
@@ -190,8 +200,10 @@ class HostObserver:
         start (`start_loaded`)."""
         libraries = self._libraries.get(process.key, NOT_READ)
         settled = now - process.start_time >= PRELOAD_SETTLE_SECONDS
-        if process.group == SERVER:
-            start_loaded = frozenset()  # a server maps no backend: never judged shadowed
+        if process.group == SERVER or process.ppid != self._evidence_from:
+            # A server maps no backend: never judged shadowed. What one server's preloads do
+            # says nothing of another Ollama's (a container's) children.
+            start_loaded = frozenset()
         last = self._judged.get(process.key)
         if (last is not None and last[0] is libraries and last[1] == settled
                 and last[3] == start_loaded):
