@@ -21,6 +21,7 @@ import pytest
 from tests.harness import REPO, wait_for
 from vgpumon.http.auth import BasicAuth
 from vgpumon.http.passwords import BcryptHash
+from vgpumon.http.request import MAX_HEAD
 from vgpumon.http.webconfig import WebAccess, WebConfig
 
 from .conftest import basic, fetch, libcrypt_bcrypt, running_server, url
@@ -236,3 +237,51 @@ def test_running_out_of_descriptors_closes_connections_instead_of_failing_scrape
         _, errors = server.communicate("", timeout=30)
     assert "http accept failed" not in errors  # each time, there was a connection to close
     assert "out of file descriptors" in errors
+
+
+def read_answers(sock: socket.socket) -> list[tuple[int, str]]:
+    """(status, Content-Type) of each answer on `sock` until the server closes it."""
+    received = bytearray()
+    while chunk := sock.recv(1 << 20):
+        received += chunk
+    answers = []
+    while received:
+        end = received.index(b"\r\n\r\n") + 4
+        head = received[:end].decode("latin-1")
+        length = int(re.search(r"\r\nContent-Length: (\d+)\r\n", head)[1])
+        kind = re.search(r"\r\nContent-Type: ([^\r]*)\r\n", head)[1]
+        answers.append((int(head.split(" ", 2)[1]), kind))
+        del received[:end + length]
+    return answers
+
+
+def test_pipelined_requests_of_a_client_that_does_not_read_stay_bounded_in_the_server():
+    pad = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+    one = [b"GET / HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n",
+           b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n"]
+    count = 4000
+    requests = b"".join(one[n % 2] for n in range(count - 1))
+    requests += b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with running_server() as server, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # answers back up soon
+        sock.connect(("127.0.0.1", server.port))
+        sender = threading.Thread(target=sock.sendall, args=(requests,), daemon=True)
+        sender.start()
+        (connection,) = wait_for(lambda: list(server._connections), message="the connection")
+        buffered = [0]
+
+        def stuck() -> bool:
+            buffered[0] = max(buffered[0], len(connection.inbuf))
+            # Writing waits for the client, so nothing is read from it any more.
+            return connection.state == "write" and bool(connection.out)
+
+        wait_for(stuck, timeout=30, message="the server to wait for the client")
+        assert buffered[0] <= MAX_HEAD + 1
+        sock.settimeout(30)
+        answers = read_answers(sock)
+        sender.join(30)
+    assert not sender.is_alive()
+    assert len(answers) == count
+    assert answers == [(200, "text/html; charset=utf-8" if n % 2 == 0 else
+                        "text/plain; charset=utf-8") for n in range(count - 1)] + \
+        [(200, "text/plain; charset=utf-8")]

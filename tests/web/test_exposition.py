@@ -4,7 +4,9 @@ encoders write, for every format Prometheus negotiates, and never stale."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import gzip
+import tracemalloc
 import zlib
 
 import pytest
@@ -125,3 +127,49 @@ def test_a_new_snapshot_replaces_the_kept_body():
     text = gzip.decompress(b"".join(bodies[1].parts))
     assert b'path="/usr/lib64/libcuda.so.1"' in text
     assert text == choose_encoder("")[0](registry)
+
+
+class Stable:
+    """A collector that yields the same 1,000-sample family at every collection, like the
+    snapshot's families while it is unchanged."""
+
+    def __init__(self) -> None:
+        self.family = GaugeMetricFamily("test_stable", "never changes", labels=["n"])
+        for n in range(1000):
+            self.family.add_metric([str(n)], float(n))
+
+    def collect(self):
+        yield self.family
+
+
+def test_many_accept_headers_keep_a_bounded_number_of_bodies():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Stable())
+    registry.register(Volatile())
+    cache = ExpositionCache()
+
+    def scrape_with(versions: range) -> int:
+        """Scrape twice (so the unchanged run is kept) with each version in the Accept
+        header, plain and gzipped; the memory the cache then holds."""
+        for n in versions:
+            accept = f"application/openmetrics-text; version=1.0.{n}"
+            for gzipped in (False, True, False, True):
+                body = cache.body(registry, accept, gzipped=gzipped)
+                assert f"version=1.0.{n};" in body.content_type  # the client's own
+        del body
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        few = scrape_with(range(8)) - start
+        many = scrape_with(range(8, 40)) - start
+    finally:
+        tracemalloc.stop()
+    # Without a bound each content type keeps its bodies (about 150 KB here): 40 of them
+    # would hold 5 times what 8 do.
+    assert many < 2 * few, (few, many)
+    assert cache.kept_formats <= 4
+    assert b"".join(cache.body(registry, "", gzipped=False).parts) == \
+        choose_encoder("")[0](registry)

@@ -392,9 +392,12 @@ class SelectorServer:
 
     def _read(self, connection: _Connection) -> None:
         sock = connection.sock
-        while True:
+        while not _holds_head(connection.inbuf):
+            # At most one head (or one byte too many) is buffered: what a client pipelines
+            # beyond waits in its socket until the requests before are answered.
+            size = min(_READ_SIZE, MAX_HEAD + 1 - len(connection.inbuf))
             try:
-                data = sock.recv(_READ_SIZE)
+                data = sock.recv(size)
             except (BlockingIOError, ssl.SSLWantReadError):
                 self._set_mask(connection, selectors.EVENT_READ)
                 break
@@ -410,8 +413,7 @@ class SelectorServer:
                 self._close(connection)  # the client closed (mid-request or between them)
                 return
             connection.inbuf += data
-            if len(connection.inbuf) > MAX_HEAD or (len(data) < _READ_SIZE
-                                                    and not connection.tls):
+            if len(data) < size and not connection.tls:
                 self._set_mask(connection, selectors.EVENT_READ)
                 break
         self._serve_buffered(connection)
@@ -511,17 +513,22 @@ class SelectorServer:
             return
         connection.state = _READ
         self._deadline(connection, _Q_IDLE, self.idle_timeout)
-        self._set_mask(connection, selectors.EVENT_READ)
+        # Reading stops while a whole request head waits (see `_read`).
+        held = _holds_head(connection.inbuf)
+        self._set_mask(connection, 0 if held else selectors.EVENT_READ)
         if connection.inbuf or connection.tls:
             self._ready.append(connection)  # a pipelined request, or one TLS decrypted already
 
     def _continue(self, connection: _Connection) -> None:
         if connection.closed or connection.state != _READ:
             return
-        if connection.inbuf:
+        if _holds_head(connection.inbuf):
             self._serve_buffered(connection)
-        elif isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
-            self._read(connection)  # the selector cannot tell of bytes OpenSSL holds
+        elif connection.inbuf or (isinstance(connection.sock, ssl.SSLSocket)
+                                  and connection.sock.pending()):
+            # The rest of a head, from the socket or from what OpenSSL holds (the selector
+            # cannot tell of those bytes).
+            self._read(connection)
 
     def _start_linger(self, connection: _Connection) -> None:
         try:
@@ -637,6 +644,11 @@ class SelectorServer:
         if self._date[0] != second:
             self._date = (second, formatdate(second, usegmt=True))
         return self._date[1]
+
+
+def _holds_head(buffer: bytearray) -> bool:
+    """Whether `buffer` holds a whole request head, or more than one may be (a 431)."""
+    return len(buffer) > MAX_HEAD or head_end(buffer) >= 0
 
 
 def _connection_cap(descriptors: int) -> int:
