@@ -47,8 +47,9 @@ REVIEWED = {
         "the system's own dynamic loader, from a fixed path per ELF machine (SYSTEM_LOADERS, "
         "its PT_INTERP), only a root-owned file nobody else may write, with the one fixed "
         "argument --list-diagnostics and an empty environment: $PLATFORM and $LIB as the "
-        "loader expands them; once per process, by the doctor and by the daemon's "
-        "expectations (vgpumon/sources/landing.py)",
+        "loader expands them; once per process, by the doctor, and by the daemon in "
+        "Daemon.start (ldso.ask_ahead) before its loop runs, for the expectations "
+        "(vgpumon/sources/landing.py); the child inherits the daemon's ambient capabilities",
     ("vgpumon/linux/fscreds.py", "acting_as", "ctypes.CDLL"):
         "the C library itself (CDLL(None)), for setfsuid and setfsgid",
     ("vgpumon/http/passwords.py", "_load_library", "ctypes.util.find_library"):

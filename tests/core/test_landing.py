@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,40 @@ def test_answers_are_kept_per_environment_until_a_link_changes(tmp_path):
         for sleeper in sleepers:
             sleeper.kill()
             sleeper.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a private mount namespace")
+def test_a_runner_in_another_mount_namespace_over_the_same_root_is_resolved_in_its_view(
+        tmp_path):
+    """The unit's PrivateTmp=/ProtectHome= give the daemon its own /tmp and /home over the
+    same "/": a runner's root has the daemon's (dev, ino), but its files there differ. Here
+    the runner sees another backend dir, whose libcuda.so.1 is the real driver; the daemon
+    still sees the link to the shim. The runner's view is the one resolved."""
+    host = Host(tmp_path / "host")
+    theirs = tmp_path / "runner-cuda"
+    theirs.mkdir()
+    shutil.copy(host.backend, theirs / host.backend.name)
+    (theirs / "libcuda.so.1").symlink_to(host.real)
+    script = f'mount --bind "{theirs}" "{host.cuda_dir}" && exec "$@"'
+    runner = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+         sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path)
+    try:
+        procfs = ProcFS("/proc")
+        deadline = time.monotonic() + 30
+        while b"time.sleep" not in Path(f"/proc/{runner.pid}/cmdline").read_bytes():
+            assert runner.poll() is None and time.monotonic() < deadline, "runner did not start"
+            time.sleep(0.02)
+        theirs_root, ours_root = os.stat(f"/proc/{runner.pid}/root"), os.stat("/")
+        assert (theirs_root.st_dev, theirs_root.st_ino) == (ours_root.st_dev, ours_root.st_ino)
+        resolver = LandingResolver(procfs, (str(host.link),))
+        found = resolver.landing(runner.pid, LoaderVariables(), str(host.backend),
+                                 "libcuda.so.1", 0.0)
+        assert found == Landing("libcuda.so.1", str(host.real), (str(host.link),))
+        ours = resolve_landing(HOST, LoaderVariables(), None, "/", str(host.backend),
+                               "libcuda.so.1", (str(host.link),))
+        assert ours == Landing("libcuda.so.1", str(host.shim), (str(host.link),))
+    finally:
+        runner.kill()
+        runner.wait()

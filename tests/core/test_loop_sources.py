@@ -20,6 +20,7 @@ from vgpumon.config.schema import Config, EventsSpec
 from vgpumon.daemon.loop import Daemon
 from vgpumon.daemon.source import Loop, SourceFailure
 from vgpumon.http import collector as collector_module
+from vgpumon.linux.loader import ldso
 from vgpumon.model.events import Event
 
 
@@ -217,3 +218,33 @@ def test_a_metric_section_that_raises_is_left_out_alone_and_counted(daemon, monk
     names = {name for name, _ in metrics}
     assert "vgpumon_shim_link_state" not in names
     assert {"vgpumon_processes", "vgpumon_collector_success", "vgpumon_build_info"} <= names
+
+
+def test_the_machines_loader_is_asked_before_the_loop_runs(tmp_path, monkeypatch):
+    """``ld.so --list-diagnostics`` (a child that may take seconds) runs in `start`, before
+    the loop: what landings ask of the loader later is answered without running it."""
+    ldso.diagnostics.cache_clear()
+    ldso.loader_platform.cache_clear()
+    ran: list[str] = []
+    real_run = ldso._run_diagnostics
+    monkeypatch.setattr(ldso, "_run_diagnostics", lambda path: ran.append(path) or real_run(path))
+    (tmp_path / "proc").mkdir()
+    config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
+                    nvml="off", procfs=str(tmp_path / "proc"))
+    daemon = Daemon(config, reload_config=lambda: config)
+    try:
+        daemon.start()
+        own = ldso.own_arch()
+        assert own is not None and ldso.diagnostics.cache_info().currsize >= 1
+        asked = list(ran)
+
+        def on_the_loop(path: str) -> None:
+            raise AssertionError(f"ran {path} after start")
+
+        monkeypatch.setattr(ldso, "_run_diagnostics", on_the_loop)
+        for arch in ldso.SYSTEM_LOADERS:
+            ldso.loader_platform(arch)
+            ldso.diagnostics(arch)
+        assert ran == asked
+    finally:
+        daemon.close()

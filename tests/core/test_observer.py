@@ -3,12 +3,17 @@ only then: over a fixture /proc tree whose stat and maps are changed by hand."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tests.core.fakeproc import FakeProc, maps_line_for
 from vgpumon.config.loading import parse_config
 from vgpumon.snapshot import observer as observer_module
 from vgpumon.snapshot.observer import HostObserver
+from vgpumon.sources.landing import Landing
+from vgpumon.sources.libraries import ProcessLibraries
+from vgpumon.sources.loader_env import LoaderVariables
 
 RUNNER = ["/usr/local/bin/ollama", "runner", "--model", "/m/blobs/sha256-aa", "--port", "1"]
 
@@ -140,3 +145,35 @@ groups:
     observer.refresh(4.0)
     assert observer.set_ollama_version(None)  # a restarted server: unknown until it says
     assert not backend_expected(5.0)
+
+
+def test_a_landing_not_told_is_asked_again_at_the_next_judgement(host, monkeypatch):
+    """A resolution that failed (files unreadable for a moment) is not kept for the
+    process's life: the next judgement asks again, and a told landing is then kept."""
+    _proc, _lib64, observer = host
+    told = Landing("libcuda.so.1", "/usr/lib64/libcuda.so.580.65.06")
+    answers = [None, told]
+    asked: list[int] = []
+
+    class Resolver:
+        def landing(self, pid, loader, requester, name, now):
+            asked.append(pid)
+            return answers.pop(0) if answers else told
+
+    monkeypatch.setattr(observer, "_resolver", Resolver())
+    monkeypatch.setattr(observer_module, "landings_wanted", lambda *args: ("vgpu-cuda",))
+    monkeypatch.setattr(observer, "_specs", {"vgpu-cuda": SimpleNamespace(
+        stands_for="cuda-driver")})
+    process = SimpleNamespace(key=(10, 1), pid=10)
+    libraries = ProcessLibraries(True)
+    sonames = {"cuda-driver": "libcuda.so.1"}
+    group = observer.config.group("runner")
+
+    def landings(now: float) -> dict[str, Landing]:
+        return observer._landings_of(process, group, LoaderVariables(), libraries, sonames,
+                                     now)
+
+    assert landings(1.0) == {}
+    assert landings(2.0) == {"vgpu-cuda": told}
+    assert landings(3.0) == {"vgpu-cuda": told}
+    assert asked == [10, 10]

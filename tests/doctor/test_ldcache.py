@@ -8,6 +8,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from vgpumon.linux import elf
 from vgpumon.linux.loader.ldcache import (
+    MAX_ENTRIES,
+    PATH_MAX,
     CacheEntry,
     LdCache,
     LdCacheError,
@@ -191,6 +194,53 @@ def test_first_plain_entry_ends_the_search() -> None:
     assert cache.entries[2].hwcap and not cache.entries[2].is_hwcaps
     assert "hwcap: 0x0000000000000008" in cache.entries[2].ldconfig_line()
     assert CacheEntry("a", "/a", 3, ext | 5).is_hwcaps
+
+
+def shared_string_cache(entries: int, string: bytes) -> bytes:
+    """A new-format cache whose `entries` all point at one string for key and value."""
+    at = 48 + 24 * entries
+    head = b"glibc-ld.so.cache1.1" + struct.pack("<II", entries, len(string) + 1)
+    head += bytes([2, 0, 0, 0]) + struct.pack("<IIII", 0, 0, 0, 0)
+    table = struct.pack("<iIIIQ", 0x0303, at, at, 0, 0) * entries
+    return head + table + string + b"\0"
+
+
+def test_entries_sharing_one_huge_string_parse_in_bounded_memory() -> None:
+    data = shared_string_cache(200, b"/" + b"a" * (1 << 20))
+    tracemalloc.start()
+    try:
+        cache = parse_ld_cache(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(cache.entries) == 200
+    assert {len(e.path) for e in cache.entries} == {PATH_MAX}
+    assert len({id(e.path) for e in cache.entries}) == 1  # decoded once
+    assert peak < 8 << 20  # decoding it per entry took 400 MiB
+
+
+def test_entry_count_is_capped() -> None:
+    cache = parse_ld_cache(shared_string_cache(MAX_ENTRIES + 10, b"libz.so.1"))
+    assert len(cache.entries) == MAX_ENTRIES
+
+
+def test_strings_overlapping_past_the_budget_raise() -> None:
+    # every entry a different offset into one long run: PATH_MAX bytes each, decoded apart
+    entries = 8192
+    at = 48 + 24 * entries
+    head = b"glibc-ld.so.cache1.1" + struct.pack("<II", entries, 0)
+    head += bytes([2, 0, 0, 0]) + struct.pack("<IIII", 0, 0, 0, 0)
+    table = b"".join(struct.pack("<iIIIQ", 0x0303, at + i, at + i + 1, 0, 0)
+                     for i in range(entries))
+    with pytest.raises(LdCacheError, match="strings larger"):
+        parse_ld_cache(head + table + b"x" * (3 * PATH_MAX + 2 * entries) + b"\0")
+
+
+def test_a_fifo_in_place_of_the_cache_is_refused_without_blocking(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    os.mkfifo(tmp_path / "etc" / "ld.so.cache")
+    with pytest.raises(LdCacheError, match="not a regular file"):
+        read_ld_cache(FileView(str(tmp_path), "container"))  # open() would wait for a writer
 
 
 def test_flag_words() -> None:

@@ -417,6 +417,14 @@ def test_for_process_reads_preload_file_and_cache_in_the_view(build) -> None:
     assert not res.find("libfoo.so").resolved and res.loadable is False  # libz is missing
 
 
+def test_fifos_for_the_preload_file_and_cache_do_not_block(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    os.mkfifo(tmp_path / "etc/ld.so.preload")
+    os.mkfifo(tmp_path / "etc/ld.so.cache")
+    env = LoaderEnvironment.for_process({}, FileView(str(tmp_path), "container"))
+    assert env.etc_preload is None and env.cache is None
+
+
 def test_root_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         resolve(str(tmp_path / "missing.so"), LoaderEnvironment())

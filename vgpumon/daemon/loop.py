@@ -37,6 +37,7 @@ from vgpumon.http.collector import VgpumonCollector
 from vgpumon.http.selfstats import SelfCollector
 from vgpumon.http.server import ExporterServer
 from vgpumon.http.webconfig import WebAccess, web_access_for
+from vgpumon.linux.loader import ldso
 from vgpumon.model import collectors
 from vgpumon.model.events import Event
 from vgpumon.model.untrusted import clip, escape, has_unsafe
@@ -161,7 +162,10 @@ class Daemon:
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """The first refresh: a baseline, so processes already running are not "started"."""
+        """The first refresh: a baseline, so processes already running are not "started".
+        Before it (once per process) the machine's loader is asked what landings need, so the
+        loop never waits on ``ld.so --list-diagnostics``."""
+        ldso.ask_ahead()
         now = time.time()
         self._state = replace(self.observer.refresh(now), ollama=self._ollama)
         self._next_refresh = time.monotonic() + self.config.interval

@@ -98,8 +98,9 @@ class HostObserver:
         self._sonames: dict[tuple[tuple[int, int], str], str | None] = {}
         self._resolver = LandingResolver(self.procfs, (link.path for link in config.links))
         # Where a name landed in a process, resolved once when first needed (close to when
-        # the process loaded it: a link changed later does not change what it loaded).
-        self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing | None] = {}
+        # the process loaded it: a link changed later does not change what it loaded). A
+        # resolution that told nothing is not kept: the next judgement asks again.
+        self._landings: dict[tuple[tuple[int, int], str, str | None, str], Landing] = {}
         self._ollama_version: str | None = None
         self._version_of: tuple[int, int] | None = None  # the server process that told it
         self._evidence_from: int | None = None  # the server whose preloads are judged
@@ -239,10 +240,11 @@ class HostObserver:
             if loader is None or not name:
                 continue  # the real library's SONAME is what is asked for: unknown
             key = (process.key, shim, requester, name)
-            if key not in self._landings:
-                self._landings[key] = self._resolver.landing(process.pid, loader, requester,
-                                                             name, now)
-            landing = self._landings[key]
+            landing = self._landings.get(key)
+            if landing is None:  # not asked yet, or not told last time: ask again
+                landing = self._resolver.landing(process.pid, loader, requester, name, now)
+                if landing is not None:
+                    self._landings[key] = landing
             if landing is not None:
                 found[shim] = landing
         return found

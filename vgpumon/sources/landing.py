@@ -50,7 +50,8 @@ class Landing:
     preloaded: bool = False
 
 
-_Key = tuple[tuple[int, int], str | None, str | None, str | None, str, str, str]
+_Key = tuple[tuple[int, int], tuple[int, int] | None, str | None, str | None, str | None, str,
+             str, str]
 
 
 class LandingResolver:
@@ -62,6 +63,7 @@ class LandingResolver:
         self.links = tuple(dict.fromkeys(links))
         self._answers: dict[_Key, tuple[float, Landing]] = {}
         self._own_root = _identity("/")
+        self._own_mounts = _mount_namespace("/proc/self/ns/mnt")
         self.resolutions = 0  # how many times the loader model ran (tests, benchmarks)
 
     def invalidate(self) -> None:
@@ -84,11 +86,17 @@ class LandingResolver:
         asker = requester or executable
         if asker is None:
             return None
-        key = (root, loader.ld_library_path, loader.ld_preload, executable, cwd, asker, name)
+        mounts = _mount_namespace(self.procfs.path(pid, "ns/mnt"))
+        key = (root, mounts, loader.ld_library_path, loader.ld_preload, executable, cwd, asker,
+               name)
         cached = self._answers.get(key)
         if cached is not None and now - cached[0] < MAX_AGE:
             return cached[1]
-        view = HOST if root == self._own_root else process_view(self.procfs.root, pid)
+        # One root is not one view: the unit's PrivateTmp= and ProtectHome= give the daemon
+        # its own /tmp and /home over the same "/" (where Ollama's runners and installs live).
+        same_view = (root == self._own_root and mounts is not None
+                     and mounts == self._own_mounts)
+        view = HOST if same_view else process_view(self.procfs.root, pid)
         self.resolutions += 1
         found = resolve_landing(view, loader, executable, cwd, asker, name, self.links)
         if found is not None:
@@ -150,6 +158,14 @@ def _canonical(view: FileView, path: str) -> str:
 def _identity(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def _mount_namespace(path: str) -> tuple[int, int] | None:
+    """The identity of the mount namespace at `path` (``/proc/PID/ns/mnt``); None if unknown."""
+    try:
+        return _identity(path)
+    except OSError:
+        return None
 
 
 def _live_path(path: str) -> str | None:

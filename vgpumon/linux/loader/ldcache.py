@@ -16,6 +16,7 @@ Three layouts exist (glibc ``elf/cache.c``, ``sysdeps/generic/dl-cache.h``):
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 from collections.abc import Collection, Sequence
@@ -37,6 +38,11 @@ _EXT_MAGIC = 0xEAA42174
 _EXT_GENERATOR = 0
 _EXT_GLIBC_HWCAPS = 1
 _MAX_CACHE = 64 << 20
+# The cache is the process's root's, so a container's own file: hostile input. Bounds that no
+# real cache comes near (a large host's has a few thousand entries of paths under 200 bytes):
+MAX_ENTRIES = 65536  # entries beyond are not read
+PATH_MAX = 4096  # a longer string is cut here: cut or not, no file can be opened by that name
+_MAX_STRING_BYTES = 16 << 20  # decoded string bytes in all; beyond, the cache is refused
 
 # ldconfig's print_entry(): the words `ldconfig -p` prints for the flags.
 _TYPE_NAMES = {0x00: "libc4", 0x01: "ELF", 0x02: "libc5", 0x03: "libc6"}
@@ -164,11 +170,24 @@ def loader_flags(machine: int, elf_class: int) -> frozenset[int] | None:
 
 def read_ld_cache(view: FileView = HOST, path: str = "/etc/ld.so.cache") -> LdCache:
     """Read and parse the cache at `path` in `view`. ``OSError`` if it cannot be read."""
-    with open(view.outside(view.realpath(path, strict=True)), "rb") as f:
-        data = f.read(_MAX_CACHE + 1)
-    if len(data) > _MAX_CACHE:
+    fd = os.open(view.outside(view.realpath(path, strict=True)),
+                 os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block the loop
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LdCacheError(f"{path}: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _MAX_CACHE:
+            chunk = os.read(fd, _MAX_CACHE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > _MAX_CACHE:
         raise LdCacheError(f"{path}: larger than {_MAX_CACHE} bytes")
-    return parse_ld_cache(data)
+    return parse_ld_cache(b"".join(chunks))
 
 
 def parse_ld_cache(data: bytes) -> LdCache:
@@ -195,11 +214,10 @@ def _parse(data: bytes) -> LdCache:
     if len(data) > new_at + 48 and data[new_at : new_at + len(NEW_MAGIC)] == NEW_MAGIC:
         return _parse_new(data, new_at, "compat")
     entries = []
-    for i in range(nlibs):
+    text = _Strings(data)
+    for i in range(min(nlibs, MAX_ENTRIES)):
         flags, key, value = struct.unpack_from(order + "iII", data, 16 + i * 12)
-        entries.append(
-            CacheEntry(_string(data, strings, key), _string(data, strings, value), flags)
-        )
+        entries.append(CacheEntry(text.at(strings, key), text.at(strings, value), flags))
     return LdCache(tuple(entries), "old")
 
 
@@ -213,17 +231,20 @@ def _parse_new(data: bytes, base: int, layout: str) -> LdCache:
         raise LdCacheError(f"new format claims {nlibs} entries, file holds fewer")
     generator, hwcaps_index = _extensions(data, order, ext_offset)
     entries = []
-    for i in range(nlibs):
+    text = _Strings(data)
+    for i in range(min(nlibs, MAX_ENTRIES)):
         flags, key, value, osv, hwcap = struct.unpack_from(
             order + "iIIIQ", data, base + 48 + i * 24
         )
         name = None
-        if hwcap >> 32 == HWCAP_EXTENSION >> 32 and (hwcap & 0xFFFFFFFF) < len(hwcaps_index):
+        if hwcap >> 32 == HWCAP_EXTENSION >> 32 and (hwcap & 0xFFFFFFFF) < hwcaps_index[1]:
             # ld.so and ldconfig read these names from the start of the file, not of the new
             # section; in a compat file that gives a wrong (usually empty) name, so compat
             # glibc-hwcaps entries never match. Reproduced, not "fixed".
-            name = _string(data, 0, hwcaps_index[hwcap & 0xFFFFFFFF])
-        soname, path = _string(data, base, key), _string(data, base, value)
+            (offset,) = struct.unpack_from(
+                order + "I", data, hwcaps_index[0] + 4 * (hwcap & 0xFFFFFFFF))
+            name = text.at(0, offset)
+        soname, path = text.at(base, key), text.at(base, value)
         entries.append(CacheEntry(soname, path, flags, hwcap, name, osv))
     return LdCache(tuple(entries), layout, generator)
 
@@ -237,10 +258,11 @@ def _new_byte_order(flags: int) -> str:
     return "<" if endian == 2 else ">"
 
 
-def _extensions(data: bytes, order: str, offset: int) -> tuple[str | None, tuple[int, ...]]:
-    """The generator string and the glibc-hwcaps name index (string offsets)."""
+def _extensions(data: bytes, order: str, offset: int) -> tuple[str | None, tuple[int, int]]:
+    """The generator string and where the glibc-hwcaps name index (string offsets) is:
+    (its offset, its count); read an index at a time, not unpacked whole."""
     if offset == 0:
-        return None, ()
+        return None, (0, 0)
     if offset % 4 or offset + 8 > len(data):
         raise LdCacheError(f"bad extension directory offset {offset:#x}")
     magic, count = struct.unpack_from(order + "II", data, offset)
@@ -249,23 +271,45 @@ def _extensions(data: bytes, order: str, offset: int) -> tuple[str | None, tuple
     if (len(data) - offset - 8) // 16 < count:
         raise LdCacheError("truncated extension directory")
     generator: str | None = None
-    hwcaps: tuple[int, ...] = ()
+    hwcaps = (0, 0)
     for i in range(count):
         tag, _flags, sec_off, size = struct.unpack_from(order + "IIII", data, offset + 8 + i * 16)
         if sec_off + size > len(data):
             raise LdCacheError(f"extension section {tag} beyond the end of the file")
         if tag == _EXT_GENERATOR:
-            generator = os.fsdecode(data[sec_off : sec_off + size])
+            generator = os.fsdecode(data[sec_off : sec_off + min(size, PATH_MAX)])
         elif tag == _EXT_GLIBC_HWCAPS:
             if size % 4:
                 raise LdCacheError("glibc-hwcaps section size is not a multiple of 4")
-            hwcaps = struct.unpack_from(f"{order}{size // 4}I", data, sec_off)
+            hwcaps = (sec_off, size // 4)
     return generator, hwcaps
 
 
-def _string(data: bytes, base: int, offset: int) -> str:
-    start = base + offset
-    end = data.find(b"\0", start)
-    if start >= len(data) or end < 0:
-        raise LdCacheError(f"string offset {offset:#x} outside the cache")
-    return os.fsdecode(data[start:end])
+class _Strings:
+    """The cache's strings, each decoded once however many entries point at it (a hostile
+    cache can point every entry at one huge string), cut at `PATH_MAX` bytes, and at most
+    `_MAX_STRING_BYTES` decoded in all."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.decoded: dict[int, str] = {}
+        self.budget = _MAX_STRING_BYTES
+
+    def at(self, base: int, offset: int) -> str:
+        start = base + offset
+        known = self.decoded.get(start)
+        if known is not None:
+            return known
+        data = self.data
+        if start >= len(data):
+            raise LdCacheError(f"string offset {offset:#x} outside the cache")
+        end = data.find(b"\0", start, start + PATH_MAX)
+        if end < 0:
+            if start + PATH_MAX >= len(data):
+                raise LdCacheError(f"string at {offset:#x} runs past the end of the cache")
+            end = start + PATH_MAX
+        self.budget -= end - start
+        if self.budget < 0:
+            raise LdCacheError(f"strings larger than {_MAX_STRING_BYTES} bytes in all")
+        text = self.decoded[start] = os.fsdecode(data[start:end])
+        return text

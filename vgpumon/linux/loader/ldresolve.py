@@ -192,6 +192,35 @@ def shim_resolution(resolution: Resolution, name: str, shims: Collection[FileId]
     return ShimResolution(name, dep, dep.path, dep.real_path, dep.identity in shims)
 
 
+_MAX_PRELOAD_FILE = 1 << 20
+
+
+def _read_small_file(view: FileView, path: str, limit: int) -> str | None:
+    """The first `limit` bytes of the regular file `path` in `view`; None for anything else.
+    Opened non-blocking: a FIFO a container puts there must not block the caller."""
+    try:
+        fd = os.open(view.outside(view.realpath(path, strict=True)),
+                     os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return os.fsdecode(b"".join(chunks))
+
+
 # --- the machine's loader ---------------------------------------------------------------------
 
 
@@ -302,11 +331,7 @@ class LoaderEnvironment:
             cache: LdCache | None = read_ld_cache(view)
         except (OSError, LdCacheError):
             cache = None
-        try:
-            with open(view.outside(view.realpath(ETC_PRELOAD, strict=True)), "rb") as f:
-                etc_preload: str | None = os.fsdecode(f.read(1 << 20))
-        except OSError:
-            etc_preload = None
+        etc_preload = _read_small_file(view, ETC_PRELOAD, _MAX_PRELOAD_FILE)
         return cls(
             view=view,
             ld_library_path=environ.get("LD_LIBRARY_PATH"),

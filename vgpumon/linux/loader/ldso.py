@@ -16,7 +16,8 @@ guessed from ``uname``, so they are asked of the loader itself, in this order
    ``/proc/cpuinfo`` on x86-64 (glibc 2.26+, per ``os.confstr``), else ``AT_PLATFORM`` from
    ``/proc/self/auxv``.
 
-Each answer is asked once per process and kept.
+Each answer is asked once per process and kept; the daemon asks before its loop runs
+(`ask_ahead`), so its loop thread never waits on the child.
 """
 
 from __future__ import annotations
@@ -221,6 +222,17 @@ def _run_diagnostics(path: str) -> str | None:
     if result.returncode != 0:
         return None  # glibc < 2.33: "unrecognized option"
     return result.stdout[:DIAGNOSTICS_LIMIT].decode("utf-8", "replace")
+
+
+def ask_ahead() -> None:
+    """Ask every loader that runs here now, so that later questions are answered from what
+    was kept: the daemon calls this before its loop runs, since the child may take up to
+    `DIAGNOSTICS_TIMEOUT` and the loop must not wait on it. Any other machine's loader is
+    never run (`diagnostics` returns None for it without starting anything)."""
+    own = own_arch()
+    for arch in SYSTEM_LOADERS:
+        if _runs_here(arch, own):
+            loader_platform(arch)
 
 
 def auxv_platform() -> str | None:
