@@ -38,6 +38,20 @@ def test_thread_exit_is_not_a_process_exit():
     assert not event.is_process
 
 
+@pytest.mark.parametrize(("what", "body", "expected"), [
+    (EV_EXEC, struct.pack("=ii", 10, 10), ("exec", 10, 10, None, None)),
+    (EV_FORK, struct.pack("=iiii", 1, 1, 11, 12), ("fork", 11, 12, None, 1)),
+    (EV_EXIT, struct.pack("=iiIiii", 4243, 4242, 9, 17, 4100, 4101), ("exit", 4243, 4242, 9, 4101)),
+])
+def test_one_event_datagram_reads_as_the_general_parse(what, body, expected):
+    data = datagram(what, body.ljust(24, b"\0"))  # the kernel pads every event's data
+    assert len(data) == 76
+    (fast,) = parse_datagram(data)
+    (general,) = parse_datagram(data + datagram(EV_EXEC, struct.pack("=ii", 1, 1)))[:1]
+    assert fast == general
+    assert (fast.kind, fast.pid, fast.tgid, fast.status, fast.parent_tgid) == expected
+
+
 def test_exec_and_fork_and_several_messages_in_one_datagram():
     data = (datagram(EV_EXEC, struct.pack("=ii", 10, 10))
             + datagram(EV_FORK, struct.pack("=iiii", 1, 1, 11, 11)))

@@ -58,6 +58,21 @@ def parse_stat(data: bytes) -> ProcStat:
         raise ProcParseError(f"stat: {err}") from None
 
 
+def parse_stat_head(data: bytes) -> tuple[str, int]:
+    """`comm` and `ppid` of ``/proc/PID/stat``, all a process's first look needs, without
+    splitting the other fifty fields."""
+    open_paren = data.find(b"(")
+    close_paren = data.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ProcParseError("stat: no (comm)")
+    fields = data[close_paren + 2:close_paren + 40].split(None, 2)
+    try:
+        ppid = int(fields[1])
+    except (IndexError, ValueError):
+        raise ProcParseError("stat: no ppid after comm") from None
+    return data[open_paren + 1:close_paren].decode("utf-8", "replace"), ppid
+
+
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """argv from ``/proc/PID/cmdline`` (NUL-separated; empty for kernel threads and zombies)."""
     if not data:
@@ -260,6 +275,10 @@ class ProcFS:
 
     def stat(self, pid: int) -> ProcStat:
         return parse_stat(read_whole_record(self.path(pid, "stat")))
+
+    def stat_head(self, pid: int) -> tuple[str, int]:
+        """`comm` and `ppid` (`parse_stat_head`)."""
+        return parse_stat_head(read_whole_record(self.path(pid, "stat")))
 
     def cmdline(self, pid: int, limit: int = CMDLINE_LIMIT) -> tuple[str, ...]:
         """argv, read no further than `limit` bytes: a process chooses its argv (up to about

@@ -74,7 +74,7 @@ class RejectedProcess:
         return (self.pid, self.start_ticks)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     """What the scanner remembers about a PID (mutable bookkeeping, never exported)."""
 
@@ -156,27 +156,27 @@ class ProcessScanner:
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
         self._by_name = {group.name: group for group in groups}
-        # When every group has a cmdline pattern, a cmdline none of them matches decides
-        # "not tracked" alone: no stat, exe or cgroup read.
-        self._cmdline_patterns = tuple(g.cmdline for g in groups if g.cmdline is not None)
-        self._cmdline_decides = len(self._cmdline_patterns) == len(groups)
         self._seen = _SeenTable()
         # The names of the last listing, plus PIDs learned since from events: every PID in
         # `_seen` is in here, so a PID missing from a new listing is one that went away.
         self._listed: set[str] = set()
 
-    def scan(self, now: float) -> tuple[TrackedProcess, ...]:
-        """List procfs, classify new PIDs, re-check young and tracked ones."""
-        listed = self._procfs.listing()
-        for name in self._listed - listed:
-            if name.isdigit():
-                self.forget(int(name))
+    def scan(self, now: float, *, listing: bool = True) -> tuple[TrackedProcess, ...]:
+        """List procfs and classify new PIDs, then re-check young and tracked ones. Without
+        `listing` only the re-checks: an event source reports every exec and exit, so the
+        PIDs known from events are all there are to look at (`HostObserver` decides)."""
+        if listing:
+            listed = self._procfs.listing()
+            for name in self._listed - listed:
+                if name.isdigit():
+                    self.forget(int(name))
         again = [(pid, self._seen[pid]) for pid in self._seen.look_again]
-        for name in listed - self._listed:
-            if name.isdigit() and int(name) not in self._seen:
-                self._seen[int(name)] = self._first_look(int(name), now)
-                self._seen.update_tracked(int(name))
-        self._listed = listed
+        if listing:
+            for name in listed - self._listed:
+                if name.isdigit() and int(name) not in self._seen:
+                    self._seen[int(name)] = self._first_look(int(name), now)
+                    self._seen.update_tracked(int(name))
+            self._listed = listed
         self._admit_children_of_new_parents(now)
         for pid, seen in again:
             self._look_again(pid, seen, now)
@@ -196,9 +196,11 @@ class ProcessScanner:
         """Drop `pid` (it exited); returns what it was if it was tracked. Should the PID come
         back (reused), the next scan sees it as new."""
         seen = self._seen.pop(pid, None)
+        if seen is None:
+            return None  # never looked at (a PID is in `_listed` only when in `_seen`)
         self._seen.update_tracked(pid)
         self._listed.discard(str(pid))
-        return seen.tracked if seen else None
+        return seen.tracked
 
     def is_tracked(self, pid: int) -> bool:
         return pid in self._seen.tracked
@@ -230,17 +232,36 @@ class ProcessScanner:
 
     def _look_after_exec(self, pid: int, now: float) -> _Seen:
         """Every exec on the host comes here, nearly all of programs no group is about: those
-        cost one cmdline read. They stay young (looked at again by the next scans, in full,
-        as a process first seen by a scan would be)."""
-        if self._cmdline_decides:
+        cost one read of the stat, whose comm and parent rule out every group (by its `comm`
+        pattern, or by its `parent` rule when the parent is no member of that group). Where
+        they cannot, and every group left has a cmdline pattern, the cmdline decides next;
+        only a process that may match is looked at in full. Ruled-out processes stay young:
+        the next scans look at them again in full, as at a process a scan found (a
+        look-alike is counted then, and a comm changed after the exec is seen)."""
+        try:
+            comm, ppid = self._procfs.stat_head(pid)
+        except (OSError, ProcParseError):
+            return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
+        candidates = self._candidates(comm, ppid)
+        if candidates and all(group.cmdline is not None for group in candidates):
             try:
-                cmdline = self._procfs.cmdline(pid)
+                joined = match_text(self._procfs.cmdline(pid))
             except OSError:
-                return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
-            joined = match_text(cmdline)
-            if not any(found(pattern, joined) for pattern in self._cmdline_patterns):
-                return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
+                return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)
+            if not any(group.cmdline is not None and found(group.cmdline, joined)
+                       for group in candidates):
+                candidates = ()
+        if not candidates:
+            return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
         return self._first_look(pid, now)
+
+    def _candidates(self, comm: str, ppid: int) -> tuple[GroupSpec, ...]:
+        """The groups a process of this comm and parent may be a member of."""
+        parent = self._seen.tracked.get(ppid)
+        return tuple(group for group in self._groups
+                     if (group.comm is None or found(group.comm, comm))
+                     and (group.parent is None
+                          or (parent is not None and parent.group == group.parent)))
 
     def _first_look(self, pid: int, now: float) -> _Seen:
         try:
