@@ -13,10 +13,13 @@ from vgpumon.sources.proc_connector import (
     EV_EXEC,
     EV_EXIT,
     EV_FORK,
+    TRACKED_WATCH_LIMIT,
     kernel_supports_filter,
     parse_datagram,
     subscribe_message,
+    tracked_filter,
 )
+from vgpumon.linux.socket_filter import ACCEPT, BPF_MAXINSNS, Program, word
 
 
 def datagram(what: int, body: bytes) -> bytes:
@@ -63,6 +66,19 @@ def test_exec_and_fork_and_several_messages_in_one_datagram():
                                   struct.pack("=IHHII", 8, 3, 0, 0, 0)])
 def test_malformed_datagrams_are_skipped(data):
     assert parse_datagram(data) == []
+
+
+def test_a_word_is_compared_as_an_absolute_load_reads_it():
+    host_order = struct.pack("=I", 0x80000000)
+    assert word(0x80000000) == int.from_bytes(host_order, "big")
+
+
+def test_the_tracked_filter_fits_the_kernel_limit_and_lets_all_through_beyond_it():
+    assert len(tracked_filter(range(1, TRACKED_WATCH_LIMIT + 1)).code) <= BPF_MAXINSNS
+    beyond = tracked_filter(range(1, TRACKED_WATCH_LIMIT + 2)).code
+    assert beyond[-1][-1] == ACCEPT and len(beyond) < 20
+    with pytest.raises(ValueError):
+        Program([(6, 0, 0, 0)] * (BPF_MAXINSNS + 1)).encoded()
 
 
 def test_subscribe_message_with_and_without_filter():
