@@ -7,6 +7,7 @@ import struct
 import pytest
 from inotify_simple import flags
 
+from vgpumon.linux.socket_filter import ACCEPT, BPF_MAXINSNS, Program, word
 from vgpumon.sources.fswatch import interpret, plan_watches
 from vgpumon.sources.kmsg import KmsgFormatError, parse_oom_kill, parse_record, parse_segfault
 from vgpumon.sources.proc_connector import (
@@ -19,7 +20,6 @@ from vgpumon.sources.proc_connector import (
     subscribe_message,
     tracked_filter,
 )
-from vgpumon.linux.socket_filter import ACCEPT, BPF_MAXINSNS, Program, word
 
 
 def datagram(what: int, body: bytes) -> bytes:

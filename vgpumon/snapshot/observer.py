@@ -1,8 +1,10 @@
 """The host observer: runs the /proc and filesystem sources and assembles `HostState`.
 
-A full refresh scans processes, stats the configured libraries and links, and reads the maps
-of every tracked process. Event sources ask for less: the maps of the tracked processes only,
-the links only, or the classification of one new PID. Each call returns a fresh snapshot.
+A full refresh scans processes (listing /proc unless exec and exit events report every
+process: then once per `RECONCILE_SECONDS`), stats the configured libraries and links, and
+reads the maps of every tracked process. Event sources ask for less: the maps of the tracked
+processes only, the links only, or the classification of one new PID. Each call returns a
+fresh snapshot.
 
 Reading a large maps is most of a full refresh (the kernel prints it: about 1 µs a line), and
 between two refreshes it has nearly always stayed the same. A full refresh therefore skips a

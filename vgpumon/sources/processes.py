@@ -2,10 +2,12 @@
 
 A scan lists ``<procfs>`` and classifies only PIDs it has not seen: classification is cached
 per (pid, start time), so an idle host costs one directory listing, compared with the last one
-as sets (no work per PID in Python). Young processes are classified again for a short while
-because a runner is forked by the server (same cmdline) and only then execs into ``ollama
-runner …``. Tracked processes are re-validated each scan so a reused PID cannot inherit a
-group.
+as sets (no work per PID in Python). Where exec and exit events report every process, a scan
+may skip the listing (`scan(listing=False)`). Young processes are classified again for a short
+while because a runner is forked by the server (same cmdline) and only then execs into
+``ollama runner …``. Tracked processes are re-validated each scan so a reused PID cannot
+inherit a group. An exec is classified by its stat first (comm and parent), the cmdline only
+where they leave a group possible.
 """
 
 from __future__ import annotations
