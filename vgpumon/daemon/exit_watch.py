@@ -298,7 +298,7 @@ class ExitWatch:
             self._watching = True
 
     def _window_ended(self, window: int) -> None:
-        if window == self._windows:
+        if window == self._windows and self._connector is not None:
             self._on_connector(time.time())
 
     def _awaiting(self) -> bool:
