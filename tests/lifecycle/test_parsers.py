@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
@@ -15,6 +16,7 @@ from vgpumon.sources.proc_connector import (
     EV_EXIT,
     EV_FORK,
     TRACKED_WATCH_LIMIT,
+    ProcConnector,
     kernel_supports_filter,
     parse_datagram,
     subscribe_message,
@@ -180,3 +182,30 @@ def test_an_exit_event_older_than_the_process_start_is_not_its_exit():
     assert started_after(10050, 100_000_000_000, 100)
     assert not started_after(9900, 100_000_000_000, 100)
     assert not started_after(10001, 100_000_000_000, 100)  # within a tick: same process
+
+
+def test_a_batch_read_gives_what_one_read_a_datagram_gives():
+    datagrams = [
+        datagram(EV_EXIT, struct.pack("=iiIiii", 4242, 4242, 0xB, 17, 4100, 4100)),
+        datagram(EV_EXEC, struct.pack("=ii", 10, 10).ljust(24, b"\0")),
+        b"\x07" * 200,  # longer than a batch slot, and no message
+        datagram(EV_FORK, struct.pack("=iiii", 1, 1, 11, 11)),  # shorter than an event
+        b"short",
+        datagram(EV_EXEC, struct.pack("=ii", 12, 12).ljust(24, b"\0")),
+    ]
+    got = {}
+    for batched in (True, False):
+        reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        reader.setblocking(False)
+        connector = ProcConnector(reader)
+        if not batched:
+            connector._batch = None
+        for data in datagrams:
+            writer.send(data)
+        got[batched] = connector.receive()
+        assert connector.drained
+        connector.close()
+        writer.close()
+    assert got[True] == got[False]
+    assert [(e.kind, e.pid) for e in got[True]] == [("exit", 4242), ("exec", 10), ("fork", 11),
+                                                    ("exec", 12)]

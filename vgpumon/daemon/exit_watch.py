@@ -79,6 +79,7 @@ class ExitWatch:
         self._watching = False  # the connector's socket is registered with the loop
         self._windows = 0  # coalescing windows started (the timer of an older one is void)
         self._awaited: dict[int, float] = {}  # PID whose next event is read at once: until
+        self._tracked_seen: object = None  # the observer's tracked tuple the watch follows
         self._pidfds: PidfdWatcher | None = None
         self._problem: str | None = None  # the last read failed, and why
         self.mechanism = POLL
@@ -323,7 +324,11 @@ class ExitWatch:
         """Let the tracked-process watch pass the events of the processes tracked now."""
         if self._urgent is None or self._loop is None:
             return
-        tracked = frozenset(p.pid for p in self._loop.observer.tracked())
+        processes = self._loop.observer.tracked()
+        if processes is self._tracked_seen:
+            return  # the same snapshot of tracked processes as last time
+        self._tracked_seen = processes
+        tracked = frozenset(p.pid for p in processes)
         if tracked != self._urgent.tracked:
             try:
                 self._urgent.set_tracked(tracked)
