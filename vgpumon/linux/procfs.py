@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import overload
@@ -211,21 +212,34 @@ def select_lines(data: bytes, patterns: Iterable[re.Pattern[bytes]]) -> bytes:
     return b"\n".join(lines)
 
 
+# A maps text at least this long is kept compressed by `ProcessMaps`.
+PACK_OVER = 64 * 1024
+
+
 class ProcessMaps(Sequence[MappedFile]):
     """A process's maps as read, parsed into its file-backed mappings only when looked at.
 
     The observer keeps the maps of live and recently exited processes for the exit
     classifier's crash attribution, which needs them rarely; the bytes are smaller than the
-    parsed form and cost nothing to keep. `selected` is what the reader parsed at once (the
-    lines that mattered to it). True when anything was read (a zombie's maps is empty).
+    parsed form, and a large maps is kept compressed (`PACK_OVER`: a runner's 5,000 lines,
+    600 KB, keep in 50 KB, for 1.6 ms of zlib at the read). `selected` is what the reader
+    parsed at once (the lines that mattered to it). True when anything was read (a zombie's
+    maps is empty).
     """
 
-    __slots__ = ("_files", "data", "selected")
+    __slots__ = ("_files", "_kept", "_packed", "selected", "size")
 
     def __init__(self, data: bytes = b"", selected: tuple[MappedFile, ...] = ()):
-        self.data = data
+        self._packed = len(data) >= PACK_OVER
+        self._kept = zlib.compress(data, 1) if self._packed else data
+        self.size = len(data)
         self.selected = selected
         self._files: tuple[MappedFile, ...] | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The maps as read."""
+        return zlib.decompress(self._kept) if self._packed else self._kept
 
     def files(self) -> tuple[MappedFile, ...]:
         if self._files is None:
@@ -243,7 +257,7 @@ class ProcessMaps(Sequence[MappedFile]):
         return len(self.files())
 
     def __bool__(self) -> bool:
-        return bool(self.data)
+        return self.size > 0
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence):

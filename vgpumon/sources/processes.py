@@ -88,14 +88,25 @@ class _Seen:
 
 
 class _SeenTable(dict[int, _Seen]):
-    """PID -> _Seen, with the tracked subset and the PIDs to look at again at the next scan
-    (tracked or young) kept apart, so that neither walks all PIDs."""
+    """PID -> _Seen of the processes worth remembering (tracked, rejected or young), with the
+    tracked subset and the PIDs to look at again at the next scan (tracked or young) kept
+    apart, so that neither walks all PIDs. A process that is none of these is not kept: the
+    scanner's listing remembers that it was seen, and a busy host's 10,000 others cost no
+    more."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tracked: dict[int, TrackedProcess] = {}
         self.rejected: dict[int, RejectedProcess] = {}
         self.look_again: set[int] = set()
+
+    def put(self, pid: int, seen: _Seen) -> None:
+        """Remember what was found about `pid` (or nothing, if it is not worth keeping)."""
+        if seen.tracked is None and seen.rejected is None and seen.rechecks_left <= 0:
+            self.pop(pid, None)
+        else:
+            self[pid] = seen
+        self.update_tracked(pid)
 
     def update_tracked(self, pid: int) -> None:
         seen = self.get(pid)
@@ -160,7 +171,8 @@ class ProcessScanner:
         self._by_name = {group.name: group for group in groups}
         self._seen = _SeenTable()
         # The names of the last listing, plus PIDs learned since from events: every PID in
-        # `_seen` is in here, so a PID missing from a new listing is one that went away.
+        # `_seen` is in here, so a PID missing from a new listing is one that went away; one
+        # in here but not in `_seen` was seen and is not remembered (`_SeenTable`).
         self._listed: set[str] = set()
 
     def scan(self, now: float, *, listing: bool = True) -> tuple[TrackedProcess, ...]:
@@ -176,21 +188,20 @@ class ProcessScanner:
         if listing:
             for name in listed - self._listed:
                 if name.isdigit() and int(name) not in self._seen:
-                    self._seen[int(name)] = self._first_look(int(name), now)
-                    self._seen.update_tracked(int(name))
+                    self._seen.put(int(name), self._first_look(int(name), now))
             self._listed = listed
         self._admit_children_of_new_parents(now)
         for pid, seen in again:
             self._look_again(pid, seen, now)
-            self._seen.update_tracked(pid)
+            if self._seen.get(pid) is seen:
+                self._seen.put(pid, seen)
         return self.tracked()
 
     def rescan_pid(self, pid: int, now: float) -> TrackedProcess | None:
         """Classify `pid` afresh (after an exec event): forget what was known about it."""
         self._seen.pop(pid, None)
         seen = self._look_after_exec(pid, now)
-        self._seen[pid] = seen
-        self._seen.update_tracked(pid)
+        self._seen.put(pid, seen)
         self._listed.add(str(pid))
         return seen.tracked
 
@@ -198,11 +209,10 @@ class ProcessScanner:
         """Drop `pid` (it exited); returns what it was if it was tracked. Should the PID come
         back (reused), the next scan sees it as new."""
         seen = self._seen.pop(pid, None)
-        if seen is None:
-            return None  # never looked at (a PID is in `_listed` only when in `_seen`)
-        self._seen.update_tracked(pid)
+        if seen is not None:
+            self._seen.update_tracked(pid)
         self._listed.discard(str(pid))
-        return seen.tracked
+        return seen.tracked if seen is not None else None
 
     def is_tracked(self, pid: int) -> bool:
         return pid in self._seen.tracked
@@ -226,8 +236,7 @@ class ProcessScanner:
             except (OSError, ProcParseError):
                 continue
             if ppid in self._seen.tracked:
-                self._seen[pid] = self._first_look(pid, now)
-                self._seen.update_tracked(pid)
+                self._seen.put(pid, self._first_look(pid, now))
 
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return tuple(process for _, process in sorted(self._seen.tracked.items()))
