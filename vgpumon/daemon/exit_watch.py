@@ -1,9 +1,12 @@
 """Process execs and exits as an event source: the netlink proc connector, else a pidfd per
 tracked process, else nothing (each refresh still sees exits, without their status).
 
-An exec is classified at once (a runner is seen before it can vanish); an exit goes to the
-exit classifier with its wait status, after the kernel log has been read for its evidence. A
-new member is re-read a few times while its loader maps its libraries. `exit_watch:` in the
+A busy host's events are read in batches (a coalescing window), except that a fork or an exit
+of a tracked process, which a second, filtered subscription reports, ends the window: an exec
+by a tracked server's child is classified at once (a runner is seen before it can vanish).
+An exit that matters goes to the exit classifier with its wait status, after the kernel log
+has been read for its evidence. A new member is re-read a few times while its loader maps
+its libraries. `exit_watch:` in the
 config may force a mechanism; a forced connector that cannot be opened leaves the collector
 failed, with pidfds standing in.
 """
