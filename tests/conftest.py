@@ -27,6 +27,7 @@ SLOW_FILES = frozenset({
     "doctor/test_doctor_privileges.py",
     "doctor/test_doctor_scenarios.py",
     "doctor/test_loadtest_rights.py",
+    "lifecycle/test_connector_overrun.py",
     "lifecycle/test_kernel_sources.py",
 })
 SLOW_FIXTURES = frozenset({"simhost", "simhost_module"})

@@ -52,6 +52,8 @@ REVIEWED = {
         "(vgpumon/sources/landing.py); the child inherits the daemon's ambient capabilities",
     ("vgpumon/linux/fscreds.py", "acting_as", "ctypes.CDLL"):
         "the C library itself (CDLL(None)), for setfsuid and setfsgid",
+    ("vgpumon/linux/datagrams.py", "DatagramBatch.__init__", "ctypes.CDLL"):
+        "the C library itself (CDLL(None)), for recvmmsg",
     ("vgpumon/http/passwords.py", "_load_library", "ctypes.util.find_library"):
         "the host's libcrypt, by a fixed name",
     ("vgpumon/http/passwords.py", "_load_library", "ctypes.CDLL"):

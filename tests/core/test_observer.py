@@ -177,3 +177,45 @@ def test_a_landing_not_told_is_asked_again_at_the_next_judgement(host, monkeypat
     assert landings(2.0) == {"vgpu-cuda": told}
     assert landings(3.0) == {"vgpu-cuda": told}
     assert asked == [10, 10]
+
+
+def pids(observer: HostObserver, now: float) -> list[int]:
+    return [p.process.pid for p in observer.refresh(now).processes]
+
+
+def test_without_complete_events_every_refresh_lists_proc(host):
+    proc, _lib64, observer = host
+    assert not observer.events_complete  # the doctor, `vgpumon once`, pidfds, polling
+    pids(observer, 1.0)
+    proc.add(20, "ollama", RUNNER)
+    assert pids(observer, 2.0) == [20]
+    assert observer.listings == 2
+
+
+def test_while_events_are_complete_proc_is_listed_once_per_reconcile_period(host, monkeypatch):
+    proc, _lib64, observer = host
+    proc.add(21, "ollama", RUNNER)
+    observer.events_complete = True
+    assert pids(observer, 1.0) == [21]  # the first refresh lists
+    proc.add(22, "ollama", RUNNER)  # no exec event reported it
+    for now in (2.0, 3.0, 4.0):
+        assert pids(observer, now) == [21]  # tracked processes re-read, /proc not listed
+    assert observer.listings == 1
+    proc.remove(21)  # its exit event was lost with nothing else: a re-read finds it gone
+    assert pids(observer, 5.0) == []
+    monkeypatch.setattr(observer_module, "RECONCILE_SECONDS", 0.0)
+    assert pids(observer, 6.0) == [22]  # the reconcile period is over: listed
+    assert observer.listings == 2
+
+
+def test_lost_events_make_the_next_refresh_list_proc(host):
+    proc, _lib64, observer = host
+    observer.events_complete = True
+    pids(observer, 1.0)
+    proc.add(23, "ollama", RUNNER)
+    assert pids(observer, 2.0) == []
+    observer.events_lost()
+    assert pids(observer, 3.0) == [23]
+    assert observer.listings == 2
+    assert pids(observer, 4.0) == [23]
+    assert observer.listings == 2

@@ -9,7 +9,7 @@ import pytest
 from tests.core.fakeproc import FakeProc
 from vgpumon.config.loading import parse_config
 from vgpumon.config.schema import Config
-from vgpumon.linux.procfs import ProcFS
+from vgpumon.linux.procfs import CMDLINE_LIMIT, ProcFS
 from vgpumon.sources.processes import ProcessScanner, classify, model_argument
 
 GROUPS = Config().groups
@@ -158,13 +158,83 @@ def test_rescan_and_forget(proc):
     assert scanner.tracked() == ()
 
 
-def test_an_exec_of_an_unconfigured_program_costs_one_read_and_scans_look_again(proc):
-    proc.add(7400, "make", ["make", "-j2"], start_ticks=100)
-    proc.make_unreadable(7400, "stat")  # would fail the classification if it were read
-    scanner, now = scanner_for(proc)
+class CountingProcFS(ProcFS):
+    """A ProcFS that notes which file of which PID each read was for."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.reads: list[tuple[int, str]] = []
+
+    def stat(self, pid):
+        self.reads.append((pid, "stat"))
+        return super().stat(pid)
+
+    def stat_head(self, pid):
+        self.reads.append((pid, "stat"))
+        return super().stat_head(pid)
+
+    def cmdline(self, pid, limit=CMDLINE_LIMIT):
+        self.reads.append((pid, "cmdline"))
+        return super().cmdline(pid, limit)
+
+    def exe(self, pid):
+        self.reads.append((pid, "exe"))
+        return super().exe(pid)
+
+    def read(self, pid, name):
+        self.reads.append((pid, name))
+        return super().read(pid, name)
+
+
+def counting_scanner(proc: FakeProc, groups=GROUPS) -> tuple[ProcessScanner, CountingProcFS]:
+    procfs = CountingProcFS(str(proc.root))
+    return ProcessScanner(procfs, groups), procfs
+
+
+def test_an_unrelated_exec_whose_comm_and_parent_rule_out_every_group_costs_one_stat_read(
+        proc):
+    # The shipped groups: the server by its comm, runners and probes by their parent.
+    proc.add(4100, "ollama", SERVER, ppid=1)
+    proc.add(7400, "make", ["make", "-j2"], ppid=1, start_ticks=100)
+    scanner, procfs = counting_scanner(proc)
+    now = proc.start_time(100) + 1
+    scanner.rescan_pid(4100, now)
+    procfs.reads.clear()
     assert scanner.rescan_pid(7400, now) is None
-    proc.remove(7400)
-    proc.add(7400, "ollama", RUNNER, start_ticks=100)  # argv rewritten without an exec
+    assert procfs.reads == [(7400, "stat")]  # no cmdline, exe, cgroup or status
+
+
+def test_a_look_alike_ruled_out_at_its_exec_is_judged_in_full_by_the_next_scan(proc):
+    proc.add(7400, "sleep", [*RUNNER, "600"], ppid=1, start_ticks=100)  # exec -a, by a user
+    scanner, procfs = counting_scanner(proc)
+    now = proc.start_time(100) + 1
+    assert scanner.rescan_pid(7400, now) is None
+    assert procfs.reads == [(7400, "stat")]
+    assert scanner.scan(now, listing=False) == ()
+    assert [(r.pid, r.group, r.reason) for r in scanner.rejected()] == [
+        (7400, "runner", "parent")]
+
+
+def test_a_child_of_a_tracked_server_is_classified_at_its_exec(proc):
+    proc.add(4100, "ollama", SERVER, ppid=1)
+    proc.add(4242, "ollama", RUNNER, ppid=4100, start_ticks=500)
+    scanner, procfs = counting_scanner(proc)
+    now = proc.start_time(500) + 1
+    assert scanner.rescan_pid(4100, now).group == "server"
+    runner = scanner.rescan_pid(4242, now)
+    assert runner is not None and runner.group == "runner" and runner.ppid == 4100
+    assert (4242, "cmdline") in procfs.reads
+
+
+def test_an_exec_that_only_a_cmdline_pattern_can_rule_out_costs_stat_and_cmdline(proc):
+    # Groups without comm patterns or parent rules: the cmdline decides.
+    proc.add(7400, "make", ["make", "-j2"], start_ticks=100)
+    scanner, procfs = counting_scanner(proc, PATTERN_GROUPS)
+    now = proc.start_time(100) + 1
+    assert scanner.rescan_pid(7400, now) is None
+    assert procfs.reads == [(7400, "stat"), (7400, "cmdline")]
+    proc.set_cmdline(7400, RUNNER)  # argv rewritten without an exec
+    proc.set_stat(7400, "ollama", start_ticks=100)
     assert [p.group for p in scanner.scan(now)] == ["runner"]  # young: looked at again
 
 

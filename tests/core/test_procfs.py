@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import pytest
 
 from vgpumon.linux.procfs import (
+    PACK_OVER,
     Credentials,
     ProcessMaps,
     ProcFS,
@@ -149,6 +151,14 @@ def test_process_maps_parse_on_first_look_and_compare_like_the_parse():
     assert maps == parse_maps(MAPS)
     assert [f.path for f in maps] == [f.path for f in parse_maps(MAPS)]
     assert ProcessMaps() == ()
+
+
+def test_a_large_maps_is_kept_compressed_and_reads_back_the_same():
+    large = MAPS * (PACK_OVER // len(MAPS) + 1)
+    maps = ProcessMaps(large)
+    assert maps.size == len(large) and maps.data == large
+    assert sys.getsizeof(maps._kept) < len(large) // 10
+    assert maps == parse_maps(large)
 
 
 def test_credentials_are_the_effective_ids_and_the_groups():

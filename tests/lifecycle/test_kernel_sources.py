@@ -7,13 +7,14 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tests.kernel import ALLOCATE_CODE, SEGFAULT_CODE, memory_cgroup, preexec_join
 from vgpumon.sources.fswatch import FsWatcher, plan_watches
 from vgpumon.sources.kmsg import KERNEL_FACILITY, KmsgReader, parse_oom_kill, parse_segfault
 from vgpumon.sources.pidfds import StatusNotYet, exit_status
-from vgpumon.sources.proc_connector import ProcConnector
+from vgpumon.sources.proc_connector import ProcConnector, TrackedWatch
 
 
 def wait_readable(fd: int, timeout: float = 5.0) -> None:
@@ -59,6 +60,47 @@ def test_proc_connector_reports_a_fatal_signal():
         assert next(e for e in events if e.kind == "exit" and e.pid == child.pid).status == 9
     finally:
         connector.close()
+
+
+def test_proc_connector_drops_thread_exits_in_the_kernel():
+    connector = ProcConnector.open()
+    try:
+        threads = [threading.Thread(target=time.sleep, args=(0.001,)) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        child = subprocess.Popen(["true"])
+        child.wait()
+        events = collect_until(connector.receive, lambda ev: any(
+            e.kind == "exit" and e.pid == child.pid for e in ev))
+        assert all(e.is_process for e in events)
+        assert {e.kind for e in events} <= {"exec", "exit"}
+    finally:
+        connector.close()
+
+
+def test_tracked_watch_passes_only_forks_and_exits_of_the_tracked():
+    watch = TrackedWatch.open()
+    try:
+        tracked = subprocess.Popen(["sleep", "30"])
+        other = subprocess.Popen(["sleep", "30"])
+        watch.set_tracked({os.getpid(), tracked.pid})
+        thread = threading.Thread(target=time.sleep, args=(0.001,))
+        thread.start()
+        thread.join()
+        child = subprocess.Popen(["sh", "-c", "true & wait"])  # a grandchild: sh's fork
+        child.wait()
+        for process in (other, tracked):
+            process.kill()
+            process.wait()
+        events = collect_until(watch.receive, lambda ev: any(
+            e.kind == "exit" and e.pid == tracked.pid for e in ev))
+        assert [(e.kind, e.pid) for e in events] == [("fork", child.pid),
+                                                     ("exit", tracked.pid)]
+        assert events[0].parent_tgid == os.getpid()
+    finally:
+        watch.close()
 
 
 def test_pidfd_gives_the_status_after_the_parent_reaped():

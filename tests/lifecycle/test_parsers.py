@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
 from inotify_simple import flags
 
+from vgpumon.linux.socket_filter import ACCEPT, BPF_MAXINSNS, Program, word
 from vgpumon.sources.fswatch import interpret, plan_watches
 from vgpumon.sources.kmsg import KmsgFormatError, parse_oom_kill, parse_record, parse_segfault
 from vgpumon.sources.proc_connector import (
     EV_EXEC,
     EV_EXIT,
     EV_FORK,
+    TRACKED_WATCH_LIMIT,
+    ProcConnector,
     kernel_supports_filter,
     parse_datagram,
     subscribe_message,
+    tracked_filter,
 )
 
 
@@ -38,6 +43,20 @@ def test_thread_exit_is_not_a_process_exit():
     assert not event.is_process
 
 
+@pytest.mark.parametrize(("what", "body", "expected"), [
+    (EV_EXEC, struct.pack("=ii", 10, 10), ("exec", 10, 10, None, None)),
+    (EV_FORK, struct.pack("=iiii", 1, 1, 11, 12), ("fork", 11, 12, None, 1)),
+    (EV_EXIT, struct.pack("=iiIiii", 4243, 4242, 9, 17, 4100, 4101), ("exit", 4243, 4242, 9, 4101)),
+])
+def test_one_event_datagram_reads_as_the_general_parse(what, body, expected):
+    data = datagram(what, body.ljust(24, b"\0"))  # the kernel pads every event's data
+    assert len(data) == 76
+    (fast,) = parse_datagram(data)
+    (general,) = parse_datagram(data + datagram(EV_EXEC, struct.pack("=ii", 1, 1)))[:1]
+    assert fast == general
+    assert (fast.kind, fast.pid, fast.tgid, fast.status, fast.parent_tgid) == expected
+
+
 def test_exec_and_fork_and_several_messages_in_one_datagram():
     data = (datagram(EV_EXEC, struct.pack("=ii", 10, 10))
             + datagram(EV_FORK, struct.pack("=iiii", 1, 1, 11, 11)))
@@ -49,6 +68,19 @@ def test_exec_and_fork_and_several_messages_in_one_datagram():
                                   struct.pack("=IHHII", 8, 3, 0, 0, 0)])
 def test_malformed_datagrams_are_skipped(data):
     assert parse_datagram(data) == []
+
+
+def test_a_word_is_compared_as_an_absolute_load_reads_it():
+    host_order = struct.pack("=I", 0x80000000)
+    assert word(0x80000000) == int.from_bytes(host_order, "big")
+
+
+def test_the_tracked_filter_fits_the_kernel_limit_and_lets_all_through_beyond_it():
+    assert len(tracked_filter(range(1, TRACKED_WATCH_LIMIT + 1)).code) <= BPF_MAXINSNS
+    beyond = tracked_filter(range(1, TRACKED_WATCH_LIMIT + 2)).code
+    assert beyond[-1][-1] == ACCEPT and len(beyond) < 20
+    with pytest.raises(ValueError):
+        Program([(6, 0, 0, 0)] * (BPF_MAXINSNS + 1)).encoded()
 
 
 def test_subscribe_message_with_and_without_filter():
@@ -150,3 +182,30 @@ def test_an_exit_event_older_than_the_process_start_is_not_its_exit():
     assert started_after(10050, 100_000_000_000, 100)
     assert not started_after(9900, 100_000_000_000, 100)
     assert not started_after(10001, 100_000_000_000, 100)  # within a tick: same process
+
+
+def test_a_batch_read_gives_what_one_read_a_datagram_gives():
+    datagrams = [
+        datagram(EV_EXIT, struct.pack("=iiIiii", 4242, 4242, 0xB, 17, 4100, 4100)),
+        datagram(EV_EXEC, struct.pack("=ii", 10, 10).ljust(24, b"\0")),
+        b"\x07" * 200,  # longer than a batch slot, and no message
+        datagram(EV_FORK, struct.pack("=iiii", 1, 1, 11, 11)),  # shorter than an event
+        b"short",
+        datagram(EV_EXEC, struct.pack("=ii", 12, 12).ljust(24, b"\0")),
+    ]
+    got = {}
+    for batched in (True, False):
+        reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        reader.setblocking(False)
+        connector = ProcConnector(reader)
+        if not batched:
+            connector._batch = None
+        for data in datagrams:
+            writer.send(data)
+        got[batched] = connector.receive()
+        assert connector.drained
+        connector.close()
+        writer.close()
+    assert got[True] == got[False]
+    assert [(e.kind, e.pid) for e in got[True]] == [("exit", 4242), ("exec", 10), ("fork", 11),
+                                                    ("exec", 12)]

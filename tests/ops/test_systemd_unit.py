@@ -36,7 +36,8 @@ MUST_STAY_OPEN = {
 # What vgpumon's sources call, besides what any Python program calls. All must pass the
 # unit's SystemCallFilter= (a filtered call fails with EPERM: silently broken source).
 REQUIRED_SYSCALLS = {
-    "socket", "bind", "connect", "sendto", "sendmsg", "recvfrom", "recvmsg", "setsockopt",
+    "socket", "bind", "connect", "sendto", "sendmsg", "recvfrom", "recvmsg", "recvmmsg",
+    "setsockopt",
     "listen", "accept4", "getsockname",
     "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
     "pidfd_open", "waitid", "ioctl", "poll", "ppoll", "epoll_create1", "epoll_ctl",

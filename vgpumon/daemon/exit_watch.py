@@ -1,9 +1,12 @@
 """Process execs and exits as an event source: the netlink proc connector, else a pidfd per
 tracked process, else nothing (each refresh still sees exits, without their status).
 
-An exec is classified at once (a runner is seen before it can vanish); an exit goes to the
-exit classifier with its wait status, after the kernel log has been read for its evidence. A
-new member is re-read a few times while its loader maps its libraries. `exit_watch:` in the
+A busy host's events are read in batches (a coalescing window), except that a fork or an exit
+of a tracked process, which a second, filtered subscription reports, ends the window: an exec
+by a tracked server's child is classified at once (a runner is seen before it can vanish).
+An exit that matters goes to the exit classifier with its wait status, after the kernel log
+has been read for its evidence. A new member is re-read a few times while its loader maps
+its libraries. `exit_watch:` in the
 config may force a mechanism; a forced connector that cannot be opened leaves the collector
 failed, with pidfds standing in.
 """
@@ -24,7 +27,13 @@ from vgpumon.model import collectors
 from vgpumon.model import events as ev
 from vgpumon.model.events import Event
 from vgpumon.sources.pidfds import PidfdWatcher, StatusNotYet, exit_status
-from vgpumon.sources.proc_connector import ConnectorError, EventsLost, ProcConnector
+from vgpumon.sources.proc_connector import (
+    ConnectorError,
+    EventsLost,
+    ProcConnector,
+    ProcEvent,
+    TrackedWatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,14 @@ PIDFD_STATUS_RETRY = 0.01
 PIDFD_STATUS_PATIENCE = 1.0
 # The kernel's process start time has clock-tick resolution (10 ms).
 START_TIME_SLACK_NS = 20_000_000
+# After a read of the connector that found events, its socket is left unread this long, so
+# that on a busy host one loop turn reads a window's worth of datagrams; the first event after
+# a quiet spell is read at once. A fork or an exit of a tracked process (the TrackedWatch)
+# ends the window at once, and the socket is read at once until that child's exec (or that
+# exit) was read, or `AWAIT_SECONDS` passed: a runner is classified before it can vanish, and
+# a tracked exit is not delayed (docs/performance.md#process-events).
+COALESCE_SECONDS = 0.02
+AWAIT_SECONDS = 1.0
 
 
 def started_after(start_ticks: int, event_ns: int, clock_ticks: int) -> bool:
@@ -61,6 +78,11 @@ class ExitWatch:
         self._kernel_log = kernel_log
         self._loop: Loop | None = None
         self._connector: ProcConnector | None = None
+        self._urgent: TrackedWatch | None = None
+        self._watching = False  # the connector's socket is registered with the loop
+        self._windows = 0  # coalescing windows started (the timer of an older one is void)
+        self._awaited: dict[int, float] = {}  # PID whose next event is read at once: until
+        self._tracked_seen: object = None  # the observer's tracked tuple the watch follows
         self._pidfds: PidfdWatcher | None = None
         self._problem: str | None = None  # the last read failed, and why
         self.mechanism = POLL
@@ -108,6 +130,10 @@ class ExitWatch:
             loop.unwatch(self._connector.fileno())
             self._connector.close()
             self._connector = None
+        if self._urgent is not None:
+            loop.unwatch(self._urgent.fileno())
+            self._urgent.close()
+            self._urgent = None
         if self._pidfds is not None:
             for pid, start in self._pidfds.watched_keys():
                 fd = self._pidfds.unwatch(pid, start)
@@ -128,12 +154,30 @@ class ExitWatch:
                 if wanted == PROC_CONNECTOR:
                     loop.degraded(self.collector, time.time(), f"proc connector: {err}")
             else:
+                self._urgent = self._open_tracked_watch()
+                if self._urgent is not None:
+                    loop.watch(self._urgent.fileno(), self.collector, self._on_tracked_event)
                 loop.watch(self._connector.fileno(), self.collector, self._on_connector)
+                self._watching = True
+                loop.observer.events_complete = True  # a refresh need not list /proc
                 return PROC_CONNECTOR
         if hasattr(os, "pidfd_open"):
             self._pidfds = PidfdWatcher()
             return PIDFD
         return POLL
+
+    def _open_tracked_watch(self) -> TrackedWatch | None:
+        """The wake-up for forks and exits of tracked processes; without it the connector is
+        read whenever it is readable (no coalescing: no runner may wait for a window)."""
+        assert self._loop is not None
+        try:
+            urgent = TrackedWatch.open()
+            urgent.set_tracked(p.pid for p in self._loop.observer.tracked())
+        except (ConnectorError, OSError) as err:
+            log.warning("tracked-process watch unavailable, reading every event at once "
+                        "error=%r", str(err))
+            return None
+        return urgent
 
     def _sync_pidfds(self) -> None:
         """A pidfd for every tracked process, none for the rest."""
@@ -178,39 +222,125 @@ class ExitWatch:
     # -- handlers ------------------------------------------------------------------------------
 
     def _on_connector(self, now: float) -> None:
+        """Read what the connector holds (readable, or a coalescing window ended), handle it,
+        and decide when to read again (`_pace`)."""
         assert self._connector is not None and self._loop is not None
         loop = self._loop
         try:
             events = self._connector.receive()
-        except EventsLost:
+        except EventsLost as lost:
+            self._handle(lost.events, now)
             loop.events_lost(PROC_CONNECTOR)
+            loop.observer.events_lost()
             loop.refresh_now()
+            self._pace(busy=True)  # what is still queued is read next
             return
         except OSError as err:
+            loop.observer.events_lost()
+            self._pace(busy=True)  # tried again after a window, not at every turn
             self._problem = err.strerror or str(err)
             raise SourceFailure(self._problem) from None
         self._problem = None
+        self._handle(events, now)
+        self._pace(busy=bool(events))
+
+    def _handle(self, events: list[ProcEvent], now: float) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        observer = loop.observer
+        awaited = self._awaited
         kmsg_read = False
         # A process whose exit is already in this batch is gone: classifying its exec would
-        # read an empty cmdline. A busy host's short-lived processes end here, unread.
-        exiting = {e.pid: index for index, e in enumerate(events)
-                   if e.kind == "exit" and e.is_process}
-        observer = loop.observer
+        # read nothing. A busy host's short-lived processes end here, unread, unless their
+        # parent (the exit names it) is tracked: a runner is read while it may still be.
+        exiting = {e.pid: (index, e.parent_tgid) for index, e in enumerate(events)
+                   if e.kind == "exit" and e.pid == e.tgid}
         for index, event in enumerate(events):
-            if not event.is_process:
+            pid = event.pid
+            if pid != event.tgid:
                 continue  # a thread
+            if awaited:
+                awaited.pop(pid, None)
             if event.kind == "exec":
-                if exiting.get(event.pid, -1) > index and not observer.is_tracked(event.pid):
+                later = exiting.get(pid)
+                if (later is not None and later[0] > index and not observer.is_tracked(pid)
+                        and not observer.is_tracked(later[1] or 0)):
                     continue
-                state = observer.classify(event.pid, now)
+                state = observer.classify(pid, now)
                 if state is not None:
                     loop.apply(state)
             elif event.kind == "exit":
-                if not kmsg_read and self._exit_matters(event.pid):
+                if not self._exit_matters(pid):
+                    observer.drop(pid, now)  # nothing to report: only forget the PID
+                    continue
+                if not kmsg_read:
                     self._kernel_log.read_now(now)  # this exit's evidence may be there
                     kmsg_read = True
-                self._exited(event.pid, event.status, PROC_CONNECTOR, now,
+                self._exited(pid, event.status, PROC_CONNECTOR, now,
                              exited_ns=event.timestamp_ns)
+        self._follow_tracked()
+
+    def _pace(self, *, busy: bool) -> None:
+        """Read the connector again as soon as it is readable, or, after a read that found
+        events, at the end of a coalescing window: unless the tracked-process watch is
+        missing, an awaited event has not come yet, or the last read stopped at its limit."""
+        assert self._connector is not None and self._loop is not None
+        loop = self._loop
+        fd = self._connector.fileno()
+        if (busy and self._urgent is not None and self._connector.drained
+                and not self._awaiting()):
+            if self._watching:
+                loop.unwatch(fd)
+                self._watching = False
+            self._windows += 1
+            window = self._windows
+            loop.call_later(COALESCE_SECONDS, self.collector,
+                            lambda: self._window_ended(window))
+        elif not self._watching:
+            self._windows += 1  # a pending window's timer is void
+            loop.watch(fd, self.collector, self._on_connector)
+            self._watching = True
+
+    def _window_ended(self, window: int) -> None:
+        if window == self._windows and self._connector is not None:
+            self._on_connector(time.time())
+
+    def _awaiting(self) -> bool:
+        awaited = self._awaited
+        if awaited:
+            now = time.monotonic()
+            for pid in [pid for pid, deadline in awaited.items() if deadline < now]:
+                del awaited[pid]
+        return bool(awaited)
+
+    def _on_tracked_event(self, now: float) -> None:
+        """A tracked process forked or exited: read the child's exec, or the exit, as soon as
+        it is on the connector (the events themselves are handled from there, in order)."""
+        assert self._urgent is not None
+        deadline = time.monotonic() + AWAIT_SECONDS
+        for event in self._urgent.receive():
+            self._awaited[event.pid] = deadline  # the child's, or the exiting process's
+        if self._awaited and not self._watching:
+            self._on_connector(now)  # what the window held so far, then read at once
+
+    def _follow_tracked(self) -> None:
+        """Let the tracked-process watch pass the events of the processes tracked now."""
+        if self._urgent is None or self._loop is None:
+            return
+        processes = self._loop.observer.tracked()
+        if processes is self._tracked_seen:
+            return  # the same snapshot of tracked processes as last time
+        self._tracked_seen = processes
+        tracked = frozenset(p.pid for p in processes)
+        if tracked != self._urgent.tracked:
+            try:
+                self._urgent.set_tracked(tracked)
+            except OSError as err:
+                log.warning("tracked-process watch failed, reading every event at once "
+                            "error=%r", str(err))
+                self._loop.unwatch(self._urgent.fileno())
+                self._urgent.close()
+                self._urgent = None
 
     def _exit_matters(self, pid: int) -> bool:
         """A tracked process, or one whose exit is awaited; the host's other exits are not."""

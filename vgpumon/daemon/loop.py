@@ -390,8 +390,10 @@ class Daemon:
         if self.server is not None:
             self.server.set_web_config(web_access)
         self.observer.close()
+        events_complete = self.observer.events_complete  # the exit watch's, kept
         self.observer = HostObserver(config, self.health)
         self.observer.set_ollama_version(self._ollama.known_version)
+        self.observer.events_complete = events_complete
         if config.nvml == "off":
             self.health.forget(collectors.NVML)
         self.tracker.reconfigure(config.crash_loop)

@@ -1,8 +1,10 @@
 """The host observer: runs the /proc and filesystem sources and assembles `HostState`.
 
-A full refresh scans processes, stats the configured libraries and links, and reads the maps
-of every tracked process. Event sources ask for less: the maps of the tracked processes only,
-the links only, or the classification of one new PID. Each call returns a fresh snapshot.
+A full refresh scans processes (listing /proc unless exec and exit events report every
+process: then once per `RECONCILE_SECONDS`), stats the configured libraries and links, and
+reads the maps of every tracked process. Event sources ask for less: the maps of the tracked
+processes only, the links only, or the classification of one new PID. Each call returns a
+fresh snapshot.
 
 Reading a large maps is most of a full refresh (the kernel prints it: about 1 µs a line), and
 between two refreshes it has nearly always stayed the same. A full refresh therefore skips a
@@ -56,6 +58,9 @@ EXITED_MAPS_KEPT = 64
 NOT_READ = ProcessLibraries(readable=False, error="not read yet")
 # A full refresh reads a maps that looks unchanged (same vsize) at least this often.
 MAPS_REREAD_SECONDS = 30.0
+# While an event source reports every exec and exit (`events_complete`), a full refresh lists
+# /proc only this often (and at the first refresh after `events_lost`): the reconcile period.
+RECONCILE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,20 +112,41 @@ class HostObserver:
         # The last judgement of each process, and the maps state it was made from.
         self._judged: dict[tuple[int, int],
                            tuple[ProcessLibraries, bool, ProcessState, frozenset[str]]] = {}
+        # Set by the exit watch while the proc connector reports every exec and exit: then a
+        # full refresh need not list /proc (`_listing_due`).
+        self.events_complete = False
+        self._listed_at: float | None = None  # monotonic time of the last /proc listing
+        self.listings = 0  # /proc listings so far
 
     # -- refreshes ------------------------------------------------------------------------------
 
     def refresh(self, now: float) -> HostState:
-        """Everything: processes, library files, maps, links."""
-        scanned = self.health.run(collectors.PROCESSES, now, lambda: self._scanner.scan(now))
+        """Everything: processes, library files, maps, links. /proc is listed only when
+        `_listing_due`; otherwise the known processes (tracked and young) are re-read."""
+        listing = self._listing_due()
+        scanned = self.health.run(collectors.PROCESSES, now,
+                                  lambda: self._scanner.scan(now, listing=listing))
         if scanned is not None:
             self._set_processes(scanned)
+            if listing:
+                self._listed_at = time.monotonic()
+                self.listings += 1
         self._refresh_library_files(now)
         self._refresh_maps(now, None, skip_unchanged=True)
         self._refresh_links(now)
         if self._nvml is not None:
             self._gpu_memory = self.health.run(collectors.NVML, now, self._nvml.read)
         return self.snapshot(now)
+
+    def events_lost(self) -> None:
+        """An event source lost events: the next full refresh lists /proc."""
+        self._listed_at = None
+
+    def _listing_due(self) -> bool:
+        """List /proc at a full refresh unless every exec and exit is reported by events
+        and the last listing is younger than the reconcile period."""
+        return (not self.events_complete or self._listed_at is None
+                or time.monotonic() - self._listed_at >= RECONCILE_SECONDS)
 
     def refresh_maps(self, now: float, pids: frozenset[int] | None = None) -> HostState:
         """Re-read the maps of tracked processes (all, or those in `pids`)."""

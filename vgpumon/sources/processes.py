@@ -2,10 +2,12 @@
 
 A scan lists ``<procfs>`` and classifies only PIDs it has not seen: classification is cached
 per (pid, start time), so an idle host costs one directory listing, compared with the last one
-as sets (no work per PID in Python). Young processes are classified again for a short while
-because a runner is forked by the server (same cmdline) and only then execs into ``ollama
-runner …``. Tracked processes are re-validated each scan so a reused PID cannot inherit a
-group.
+as sets (no work per PID in Python). Where exec and exit events report every process, a scan
+may skip the listing (`scan(listing=False)`). Young processes are classified again for a short
+while because a runner is forked by the server (same cmdline) and only then execs into
+``ollama runner …``. Tracked processes are re-validated each scan so a reused PID cannot
+inherit a group. An exec is classified by its stat first (comm and parent), the cmdline only
+where they leave a group possible.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class RejectedProcess:
         return (self.pid, self.start_ticks)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     """What the scanner remembers about a PID (mutable bookkeeping, never exported)."""
 
@@ -86,14 +88,25 @@ class _Seen:
 
 
 class _SeenTable(dict[int, _Seen]):
-    """PID -> _Seen, with the tracked subset and the PIDs to look at again at the next scan
-    (tracked or young) kept apart, so that neither walks all PIDs."""
+    """PID -> _Seen of the processes worth remembering (tracked, rejected or young), with the
+    tracked subset and the PIDs to look at again at the next scan (tracked or young) kept
+    apart, so that neither walks all PIDs. A process that is none of these is not kept: the
+    scanner's listing remembers that it was seen, and a busy host's 10,000 others cost no
+    more."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tracked: dict[int, TrackedProcess] = {}
         self.rejected: dict[int, RejectedProcess] = {}
         self.look_again: set[int] = set()
+
+    def put(self, pid: int, seen: _Seen) -> None:
+        """Remember what was found about `pid` (or nothing, if it is not worth keeping)."""
+        if seen.tracked is None and seen.rejected is None and seen.rechecks_left <= 0:
+            self.pop(pid, None)
+        else:
+            self[pid] = seen
+        self.update_tracked(pid)
 
     def update_tracked(self, pid: int) -> None:
         seen = self.get(pid)
@@ -156,39 +169,39 @@ class ProcessScanner:
         self._groups = groups
         self._needs_exe = any(group.exe is not None for group in groups)
         self._by_name = {group.name: group for group in groups}
-        # When every group has a cmdline pattern, a cmdline none of them matches decides
-        # "not tracked" alone: no stat, exe or cgroup read.
-        self._cmdline_patterns = tuple(g.cmdline for g in groups if g.cmdline is not None)
-        self._cmdline_decides = len(self._cmdline_patterns) == len(groups)
         self._seen = _SeenTable()
         # The names of the last listing, plus PIDs learned since from events: every PID in
-        # `_seen` is in here, so a PID missing from a new listing is one that went away.
+        # `_seen` is in here, so a PID missing from a new listing is one that went away; one
+        # in here but not in `_seen` was seen and is not remembered (`_SeenTable`).
         self._listed: set[str] = set()
 
-    def scan(self, now: float) -> tuple[TrackedProcess, ...]:
-        """List procfs, classify new PIDs, re-check young and tracked ones."""
-        listed = self._procfs.listing()
-        for name in self._listed - listed:
-            if name.isdigit():
-                self.forget(int(name))
+    def scan(self, now: float, *, listing: bool = True) -> tuple[TrackedProcess, ...]:
+        """List procfs and classify new PIDs, then re-check young and tracked ones. Without
+        `listing` only the re-checks: an event source reports every exec and exit, so the
+        PIDs known from events are all there are to look at (`HostObserver` decides)."""
+        if listing:
+            listed = self._procfs.listing()
+            for name in self._listed - listed:
+                if name.isdigit():
+                    self.forget(int(name))
         again = [(pid, self._seen[pid]) for pid in self._seen.look_again]
-        for name in listed - self._listed:
-            if name.isdigit() and int(name) not in self._seen:
-                self._seen[int(name)] = self._first_look(int(name), now)
-                self._seen.update_tracked(int(name))
-        self._listed = listed
+        if listing:
+            for name in listed - self._listed:
+                if name.isdigit() and int(name) not in self._seen:
+                    self._seen.put(int(name), self._first_look(int(name), now))
+            self._listed = listed
         self._admit_children_of_new_parents(now)
         for pid, seen in again:
             self._look_again(pid, seen, now)
-            self._seen.update_tracked(pid)
+            if self._seen.get(pid) is seen:
+                self._seen.put(pid, seen)
         return self.tracked()
 
     def rescan_pid(self, pid: int, now: float) -> TrackedProcess | None:
         """Classify `pid` afresh (after an exec event): forget what was known about it."""
         self._seen.pop(pid, None)
         seen = self._look_after_exec(pid, now)
-        self._seen[pid] = seen
-        self._seen.update_tracked(pid)
+        self._seen.put(pid, seen)
         self._listed.add(str(pid))
         return seen.tracked
 
@@ -196,9 +209,10 @@ class ProcessScanner:
         """Drop `pid` (it exited); returns what it was if it was tracked. Should the PID come
         back (reused), the next scan sees it as new."""
         seen = self._seen.pop(pid, None)
-        self._seen.update_tracked(pid)
+        if seen is not None:
+            self._seen.update_tracked(pid)
         self._listed.discard(str(pid))
-        return seen.tracked if seen else None
+        return seen.tracked if seen is not None else None
 
     def is_tracked(self, pid: int) -> bool:
         return pid in self._seen.tracked
@@ -222,25 +236,43 @@ class ProcessScanner:
             except (OSError, ProcParseError):
                 continue
             if ppid in self._seen.tracked:
-                self._seen[pid] = self._first_look(pid, now)
-                self._seen.update_tracked(pid)
+                self._seen.put(pid, self._first_look(pid, now))
 
     def tracked(self) -> tuple[TrackedProcess, ...]:
         return tuple(process for _, process in sorted(self._seen.tracked.items()))
 
     def _look_after_exec(self, pid: int, now: float) -> _Seen:
         """Every exec on the host comes here, nearly all of programs no group is about: those
-        cost one cmdline read. They stay young (looked at again by the next scans, in full,
-        as a process first seen by a scan would be)."""
-        if self._cmdline_decides:
+        cost one read of the stat, whose comm and parent rule out every group (by its `comm`
+        pattern, or by its `parent` rule when the parent is no member of that group). Where
+        they cannot, and every group left has a cmdline pattern, the cmdline decides next;
+        only a process that may match is looked at in full. Ruled-out processes stay young:
+        the next scans look at them again in full, as at a process a scan found (a
+        look-alike is counted then, and a comm changed after the exec is seen)."""
+        try:
+            comm, ppid = self._procfs.stat_head(pid)
+        except (OSError, ProcParseError):
+            return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
+        candidates = self._candidates(comm, ppid)
+        if candidates and all(group.cmdline is not None for group in candidates):
             try:
-                cmdline = self._procfs.cmdline(pid)
+                joined = match_text(self._procfs.cmdline(pid))
             except OSError:
-                return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)  # gone already
-            joined = match_text(cmdline)
-            if not any(found(pattern, joined) for pattern in self._cmdline_patterns):
-                return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
+                return _Seen(start_ticks=-1, tracked=None, rechecks_left=0)
+            if not any(group.cmdline is not None and found(group.cmdline, joined)
+                       for group in candidates):
+                candidates = ()
+        if not candidates:
+            return _Seen(start_ticks=-1, tracked=None, rechecks_left=YOUNG_RECHECKS)
         return self._first_look(pid, now)
+
+    def _candidates(self, comm: str, ppid: int) -> tuple[GroupSpec, ...]:
+        """The groups a process of this comm and parent may be a member of."""
+        parent = self._seen.tracked.get(ppid)
+        return tuple(group for group in self._groups
+                     if (group.comm is None or found(group.comm, comm))
+                     and (group.parent is None
+                          or (parent is not None and parent.group == group.parent)))
 
     def _first_look(self, pid: int, now: float) -> _Seen:
         try:

@@ -1,0 +1,62 @@
+"""The exit watch against the real proc connector, in a real `Daemon`: while the connector
+reports every exec and exit the daemon's refreshes do not list /proc; an overrun of its
+receive buffer (``ENOBUFS``) is counted and followed by one listing."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.faults.workload import build_runner
+from vgpumon.config.schema import Config, EventsSpec
+from vgpumon.daemon.exit_watch import PROC_CONNECTOR, ExitWatch
+from vgpumon.daemon.kernel_log import KernelLog
+from vgpumon.daemon.loop import Daemon
+
+
+@pytest.fixture
+def daemon(tmp_path) -> Iterator[Daemon]:
+    config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
+                    nvml="off", exit_watch=PROC_CONNECTOR)
+    daemon = Daemon(config)
+    daemon.start()
+    daemon.add_source(ExitWatch(KernelLog()))
+    if daemon.runtime.exit_mechanism != PROC_CONNECTOR:
+        daemon.close()
+        pytest.skip("the proc connector is not available here")
+    yield daemon
+    daemon.close()
+
+
+def steps_until(daemon: Daemon, done, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        daemon.step()
+
+
+def test_refreshes_do_not_list_proc_while_the_connector_reports_everything(daemon):
+    assert daemon.observer.events_complete
+    listed = daemon.observer.listings
+    subprocess.run(["true"], check=True)
+    for _ in range(3):
+        daemon.refresh_now()
+    assert daemon.observer.listings == listed
+
+
+def test_an_overrun_is_counted_and_followed_by_one_listing(daemon, tmp_path):
+    burst = build_runner(tmp_path)
+    listed = daemon.observer.listings
+    # The daemon does not read while ~25,000 exits overrun the receive buffer.
+    subprocess.run([str(burst), "burst", "25000"], check=True, timeout=120)
+    steps_until(daemon, lambda: daemon.runtime.overflows.get(PROC_CONNECTOR) == 1)
+    assert daemon.observer.listings == listed + 1
+    # The events still queued after the overrun are read, and cause no further listing.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        daemon.step()
+    assert daemon.observer.listings == listed + 1
+    assert daemon.runtime.overflows[PROC_CONNECTOR] == 1
