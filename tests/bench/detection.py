@@ -10,9 +10,9 @@ same clock as the daemon's):
 
 Changes: runner start (from just before the spawn, fork+exec included, to
 ``process_started``); library load (from just before the runner's open() of the late library
-to ``library_loaded``); runner exit (from just before SIGKILL to ``process_exited``: the event
-is recorded once the exit classifier has waited up to 0.5 s for kernel-log evidence, so a
-SIGKILL is visible about 0.5 s after it was seen); link swap (from just before the rename of
+to ``library_loaded``); runner exit (from just before SIGKILL to ``process_exited``: published
+as soon as the exit and its status are read, with the kernel log read at that moment; trees
+before that waited up to 0.5 s for kernel-log evidence); link swap (from just before the rename of
 ``ln -sf`` to ``shim_link_changed``).
 """
 
