@@ -60,3 +60,26 @@ def test_an_overrun_is_counted_and_followed_by_one_listing(daemon, tmp_path):
         daemon.step()
     assert daemon.observer.listings == listed + 1
     assert daemon.runtime.overflows[PROC_CONNECTOR] == 1
+
+
+def test_a_batch_whose_handling_raises_leaves_the_connector_read(daemon, monkeypatch):
+    """A read at the end of a coalescing window finds the socket unwatched and a timer its
+    only way back: if handling that batch raises (a bug; the loop counts it), the connector
+    must still be read afterwards."""
+    watch = next(s for s in daemon._sources if isinstance(s, ExitWatch))
+    calls: list[int] = []
+    handle = watch._handle
+
+    def flaky(events, now):
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise RuntimeError("a bug in one batch")
+        handle(events, now)
+
+    monkeypatch.setattr(watch, "_handle", flaky)
+    deadline = time.monotonic() + 20.0
+    while len(calls) < 4:
+        assert time.monotonic() < deadline, f"the connector was no longer read: {calls}"
+        subprocess.run(["true"], check=True)
+        daemon.call_later(0.05, "loop", lambda: None)  # a turn never waits for the hour
+        daemon.step()

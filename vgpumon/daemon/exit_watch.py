@@ -229,11 +229,13 @@ class ExitWatch:
         try:
             events = self._connector.receive()
         except EventsLost as lost:
-            self._handle(lost.events, now)
             loop.events_lost(PROC_CONNECTOR)
             loop.observer.events_lost()
-            loop.refresh_now()
-            self._pace(busy=True)  # what is still queued is read next
+            try:
+                self._handle(lost.events, now)
+                loop.refresh_now()
+            finally:
+                self._pace(busy=True)  # what is still queued is read next
             return
         except OSError as err:
             loop.observer.events_lost()
@@ -241,8 +243,12 @@ class ExitWatch:
             self._problem = err.strerror or str(err)
             raise SourceFailure(self._problem) from None
         self._problem = None
-        self._handle(events, now)
-        self._pace(busy=bool(events))
+        try:
+            self._handle(events, now)
+        finally:
+            # Even when handling raised (the loop counts it): a window must never leave the
+            # connector unwatched with no timer to read it again.
+            self._pace(busy=bool(events))
 
     def _handle(self, events: list[ProcEvent], now: float) -> None:
         assert self._loop is not None
