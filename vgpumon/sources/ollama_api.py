@@ -1,10 +1,10 @@
 """Ollama's HTTP API (``/api/version``, ``/api/ps``), polled from a thread of its own.
 
-The loop must never wait on the network, so one thread polls every interval with the
-configured timeout as a deadline for the whole exchange (a server that trickles bytes is cut
-off too, by socket timeouts: no thread per request), reads at most `MAX_BODY` bytes, and
-wakes the loop through a pipe when a result is ready. The loop reads `latest`, an immutable
-`OllamaApiState`.
+The loop must never wait on the network, so one thread polls every interval over one
+kept-alive connection, with the configured timeout as a deadline for each exchange (a server
+that trickles bytes is cut off too, by socket timeouts: no thread per request), reads at most
+`MAX_BODY` bytes, and wakes the loop through a pipe when a result is ready. The loop reads
+`latest`, an immutable `OllamaApiState`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20  # /api/ps of a busy server is a few KB; anything near this is not Ollama
 READ_CHUNK = 65536
+# /api/version is asked on each new connection and at least this often on a kept one.
+VERSION_RECHECK_SECONDS = 60.0
 
 
 class ApiUnavailable(Exception):
@@ -56,42 +58,102 @@ class OllamaApiState:
 
 
 def fetch(url: str, path: str, timeout: float) -> bytes:
-    """GET `url` + `path` with `timeout` as a deadline for the whole exchange.
-
-    A socket timeout alone bounds each recv(): a server that sends a byte now and then (in
-    its headers or its body) would hold the poller for ever. So every socket call gets the
-    time left until the deadline as its timeout, and none starts after it (`_DeadlineSocket`):
-    no thread is needed to cut a hung exchange off. (Resolving the host name is not bounded:
-    the C library's resolver takes no timeout; it runs on the poller's thread, never the
-    loop's.)
-    """
-    parts = urlsplit(url)
-    if not parts.hostname:  # the config accepts no URL without a host
-        raise ApiUnavailable(f"no host in {url!r}")
-    deadline = time.monotonic() + timeout
-    tls = parts.scheme == "https"
-    connection = _Connection(parts.hostname, parts.port or (443 if tls else 80), deadline,
-                             _client_context() if tls else None)
-    response = None
+    """GET `url` + `path` on a connection of its own, with `timeout` as a deadline for the
+    whole exchange (see `ApiClient.get`)."""
+    client = ApiClient(url)
     try:
-        connection.request("GET", (parts.path or "") + path,
-                           headers={"Accept": "application/json", "User-Agent": "vgpumon"})
-        response = connection.getresponse()
-        if response.status != 200:
-            raise HttpStatus(path, response.status, response.reason)
-        chunks, size = [], 0
-        while chunk := response.read(READ_CHUNK):
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiFormatError(f"GET {path}: body larger than {MAX_BODY} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except (OSError, http.client.HTTPException) as err:
-        raise ApiUnavailable(f"GET {path}: {_describe(err)}") from None
+        return client.get(path, timeout)[0]
     finally:
-        if response is not None:
-            response.close()
-        connection.close()
+        client.close()
+
+
+class ApiClient:
+    """GETs to one Ollama over one kept-alive connection.
+
+    Each exchange has the timeout as a deadline for the whole of it: a socket timeout alone
+    bounds each recv(), and a server that sends a byte now and then (in its headers or its
+    body) would hold the poller for ever. So every socket call gets the time left until the
+    deadline as its timeout, and none starts after it (`_DeadlineSocket`): no thread is
+    needed to cut a hung exchange off. (Resolving the host name is not bounded: the C
+    library's resolver takes no timeout; it runs on the poller's thread, never the loop's.)
+
+    The connection is kept between exchanges, as a browser keeps it: a poll then costs no
+    connect, no resolving and no new socket (a fresh connection per request was most of
+    the poller's CPU). A kept connection that the server closed in the meantime (a restart,
+    an idle timeout) fails before any answer: the GET is tried once more on a new one. Any
+    other failure, an answer other than 200 or a body cut off drops the connection.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        parts = urlsplit(url)
+        self._host = parts.hostname
+        self._tls = parts.scheme == "https"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._prefix = parts.path or ""
+        self._connection: _Connection | None = None
+
+    def connected(self) -> bool:
+        """Whether the next exchange goes over a kept connection."""
+        return self._connection is not None and self._connection.sock is not None
+
+    def get(self, path: str, timeout: float) -> tuple[bytes, bool]:
+        """(body, whether a new connection carried it); raises `ApiUnavailable` or
+        `ApiFormatError`."""
+        if not self._host:  # the config accepts no URL without a host
+            raise ApiUnavailable(f"no host in {self.url!r}")
+        deadline = time.monotonic() + timeout
+        kept = self.connected()
+        try:
+            return self._exchange(path, deadline, kept), not kept
+        except _ClosedMeanwhile:
+            return self._exchange(path, deadline, False), True
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _exchange(self, path: str, deadline: float, kept: bool) -> bytes:
+        if self._connection is None:
+            self._connection = _Connection(self._host or "", self._port,
+                                           _client_context() if self._tls else None)
+        connection = self._connection
+        connection.set_deadline(deadline)
+        response = None
+        done = False
+        try:
+            connection.request("GET", self._prefix + path,
+                               headers={"Accept": "application/json", "User-Agent": "vgpumon"})
+            response = connection.getresponse()
+            if response.status != 200:
+                raise HttpStatus(path, response.status, response.reason)
+            chunks, size = [], 0
+            while chunk := response.read(READ_CHUNK):
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise ApiFormatError(f"GET {path}: body larger than {MAX_BODY} bytes")
+                chunks.append(chunk)
+            done = True
+            return b"".join(chunks)
+        except (OSError, http.client.HTTPException) as err:
+            if kept and response is None and isinstance(err, _CLOSED_BEFORE_ANSWER):
+                raise _ClosedMeanwhile from err
+            raise ApiUnavailable(f"GET {path}: {_describe(err)}") from None
+        finally:
+            if response is not None:
+                response.close()
+            if not done:
+                self.close()
+
+
+class _ClosedMeanwhile(Exception):
+    """A kept connection turned out closed by the server before it answered."""
+
+
+# What a kept connection the server has closed raises when it is used: on the send, or as
+# no status line at all (http.client's RemoteDisconnected is a ConnectionResetError).
+_CLOSED_BEFORE_ANSWER = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def _client_context() -> ssl.SSLContext:
@@ -102,13 +164,18 @@ def _client_context() -> ssl.SSLContext:
 
 
 class _Connection(http.client.HTTPConnection):
-    """http.client's connection over a `_DeadlineSocket` (TLS when given a context)."""
+    """http.client's connection over a `_DeadlineSocket` (TLS when given a context); each
+    exchange sets its deadline first (`set_deadline`)."""
 
-    def __init__(self, host: str, port: int, deadline: float,
-                 context: ssl.SSLContext | None):
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None):
         super().__init__(host, port)
-        self._deadline = deadline
+        self._deadline = 0.0
         self._context = context
+
+    def set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if isinstance(self.sock, _DeadlineSocket):
+            self.sock.deadline = deadline
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), _time_left(self._deadline))
@@ -125,19 +192,19 @@ class _Connection(http.client.HTTPConnection):
 
 
 class _DeadlineSocket:
-    """The part of a socket http.client uses, each call timed out at a fixed deadline.
+    """The part of a socket http.client uses, each call timed out at `deadline`.
 
     Like a socket, it stays open while a reader made by `makefile` is: http.client closes
     the connection once a response that ends it has begun, and reads the body after."""
 
     def __init__(self, sock: socket.socket, deadline: float):
         self._sock = sock
-        self._deadline = deadline
+        self.deadline = deadline
         self._readers = 0
         self._closing = False
 
     def _arm(self) -> socket.socket:
-        self._sock.settimeout(_time_left(self._deadline))
+        self._sock.settimeout(_time_left(self.deadline))
         return self._sock
 
     def sendall(self, data: bytes) -> None:
@@ -186,26 +253,73 @@ def _time_left(deadline: float) -> float:
 
 
 def poll(url: str, timeout: float, now: float) -> OllamaApiState:
-    """One look at the API; never raises."""
-    started = time.monotonic()
+    """One look at the API on a connection of its own; never raises."""
+    client = ApiClient(url)
     try:
-        version = parse_version(fetch(url, "/api/version", timeout))
-        models = _loaded_models(url, timeout)
-    except ApiUnavailable as err:
-        return OllamaApiState(now, False, error=str(err), duration=time.monotonic() - started)
-    except ApiFormatError as err:
-        return OllamaApiState(now, False, error=f"unexpected answer: {err}", garbled=True,
+        return ApiPolls(client, timeout).poll(now)
+    finally:
+        client.close()
+
+
+class ApiPolls:
+    """Successive looks at the API over one `ApiClient`.
+
+    `/api/ps` is asked every poll; `/api/version` on every new connection (a restarted or
+    upgraded Ollama is a new connection), after a failed poll, and at least every
+    `VERSION_RECHECK_SECONDS` (a proxy may keep the connection across a restart behind it).
+    """
+
+    def __init__(self, client: ApiClient, timeout: float):
+        self.client = client
+        self.timeout = timeout
+        self._version: str | None = None
+        self._version_at = 0.0
+        self._ps_body: bytes | None = None  # the last /api/ps body parsed, and what it gave
+        self._ps_models: tuple[LoadedModel, ...] | None = ()
+
+    def poll(self, now: float) -> OllamaApiState:
+        """One look; never raises (a bug aside)."""
+        started = time.monotonic()
+        try:
+            asked = self._version_due(started)
+            if asked:
+                self._ask_version()
+            models, fresh = self._loaded_models()
+            if fresh and not asked:
+                self._ask_version()
+        except ApiUnavailable as err:
+            self._version = None
+            return OllamaApiState(now, False, error=str(err),
+                                  duration=time.monotonic() - started)
+        except ApiFormatError as err:
+            self._version = None
+            return OllamaApiState(now, False, error=f"unexpected answer: {err}", garbled=True,
+                                  duration=time.monotonic() - started)
+        return OllamaApiState(now, True, self._version, models,
                               duration=time.monotonic() - started)
-    return OllamaApiState(now, True, version, models, duration=time.monotonic() - started)
 
+    def _version_due(self, now: float) -> bool:
+        return (self._version is None or not self.client.connected()
+                or now - self._version_at >= VERSION_RECHECK_SECONDS)
 
-def _loaded_models(url: str, timeout: float) -> tuple[LoadedModel, ...] | None:
-    try:
-        return parse_ps(fetch(url, "/api/ps", timeout))
-    except HttpStatus as err:
-        if err.status == 404:
-            return None  # Ollama before 0.1.38 has no /api/ps: up, models unknown
-        raise
+    def _ask_version(self) -> None:
+        body, _fresh = self.client.get("/api/version", self.timeout)
+        self._version = parse_version(body)
+        self._version_at = time.monotonic()
+
+    def _loaded_models(self) -> tuple[tuple[LoadedModel, ...] | None, bool]:
+        try:
+            body, fresh = self.client.get("/api/ps", self.timeout)
+        except HttpStatus as err:
+            if err.status == 404:
+                # Ollama before 0.1.38 has no /api/ps: up, models unknown. The 404 dropped
+                # the connection, so the version is asked again each poll.
+                return None, False
+            raise
+        if body != self._ps_body:  # a quiet server answers the same bytes poll after poll
+            self._ps_models = parse_ps(body)
+            self._ps_body = body
+        return self._ps_models, fresh
 
 
 class OllamaApiPoller:
@@ -219,6 +333,7 @@ class OllamaApiPoller:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = threading.Event()
         self._poke = threading.Event()
+        self._polls = ApiPolls(ApiClient(url), timeout)  # used by the thread alone
         self._thread = threading.Thread(target=self._run, name="ollama-api", daemon=True)
         self._pipe_lock = threading.Lock()
         self._pipe_left_to_thread = False
@@ -259,13 +374,14 @@ class OllamaApiPoller:
                 self._poke.wait(self.interval)
                 self._poke.clear()
         finally:
+            self._polls.client.close()
             with self._pipe_lock:
                 if self._pipe_left_to_thread:
                     self._close_pipe()
 
     def _poll_once(self) -> None:
         try:
-            state = poll(self.url, self.timeout, time.time())
+            state = self._polls.poll(time.time())
         except Exception as err:  # a bug must not freeze `latest` at its last value
             log.exception("ollama api poll failed url=%s", self.url)
             state = OllamaApiState(time.time(), False, error=f"poll failed: {err!r}",
