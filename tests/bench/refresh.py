@@ -1,13 +1,12 @@
 """Refresh cost: the CPU of one full `HostObserver.refresh()` in this process.
-
 A full refresh is what the daemon's safety-net timer runs every `interval`: the /proc scan, the
 library files, the maps of every tracked process, the links. A refresh skips a maps whose
 process's address space kept its size and re-reads it at least every
 `vgpumon.snapshot.observer.MAPS_REREAD_SECONDS` (120 s: every 24th refresh at the default
-interval), so two series are measured: as the daemon runs them back to back (maps unchanged, skipped), and
-with every maps read in full. Each round also measures the I/O floor right after it, in the
-same process: listing /proc and reading the maps of the tracked processes, the part a full
-read cannot skip. The ratio to it cancels much of the noise of a shared machine.
+interval), so two series are measured: as the daemon runs them back to back (maps unchanged,
+skipped), and with every maps read in full. Each round also measures the I/O floor right after
+it, in the same process: listing /proc and reading the maps of the tracked processes, the part
+a full read cannot skip. The ratio to it cancels much of the noise of a shared machine.
 """
 
 from __future__ import annotations

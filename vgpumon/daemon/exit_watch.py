@@ -45,13 +45,16 @@ PIDFD_STATUS_RETRY = 0.01
 PIDFD_STATUS_PATIENCE = 1.0
 # The kernel's process start time has clock-tick resolution (10 ms).
 START_TIME_SLACK_NS = 20_000_000
-# After a read of the connector that found events, its socket is left unread this long, so
+# After a read of the connector that found events, its socket is left unread for a window, so
 # that on a busy host one loop turn reads a window's worth of datagrams; the first event after
-# a quiet spell is read at once. A fork or an exit of a tracked process (the TrackedWatch)
-# ends the window at once, and the socket is read at once until that child's exec (or that
-# exit) was read, or `AWAIT_SECONDS` passed: a runner is classified before it can vanish, and
-# a tracked exit is not delayed (docs/performance.md#process-events).
+# a quiet spell is read at once. The window starts at `COALESCE_SECONDS` and doubles while
+# every read finds events, up to `COALESCE_MAX_SECONDS`; a read that finds none starts over.
+# A fork or an exit of a tracked process (the TrackedWatch) ends the window at once, and the
+# socket is read at once until that child's exec (or that exit) was read, or `AWAIT_SECONDS`
+# passed: a runner is classified before it can vanish, and a tracked exit is not delayed
+# (docs/performance.md#process-events).
 COALESCE_SECONDS = 0.02
+COALESCE_MAX_SECONDS = 0.3
 AWAIT_SECONDS = 1.0
 
 
@@ -81,6 +84,7 @@ class ExitWatch:
         self._urgent: TrackedWatch | None = None
         self._watching = False  # the connector's socket is registered with the loop
         self._windows = 0  # coalescing windows started (the timer of an older one is void)
+        self._window_seconds = COALESCE_SECONDS  # the next window's length
         self._awaited: dict[int, float] = {}  # PID whose next event is read at once: until
         self._tracked_seen: object = None  # the observer's tracked tuple the watch follows
         self._pidfds: PidfdWatcher | None = None
@@ -253,7 +257,8 @@ class ExitWatch:
     def _handle(self, events: list[ProcEvent], now: float) -> None:
         assert self._loop is not None
         loop = self._loop
-        observer = loop.observer
+        observer, classifier = loop.observer, loop.classifier
+        tracked = observer.tracked_pids  # live: a classification below may add to it
         awaited = self._awaited
         kmsg_read = False
         # A process whose exit is already in this batch is gone: classifying its exec would
@@ -269,15 +274,15 @@ class ExitWatch:
                 awaited.pop(pid, None)
             if event.kind == "exec":
                 later = exiting.get(pid)
-                if (later is not None and later[0] > index and not observer.is_tracked(pid)
-                        and not observer.is_tracked(later[1] or 0)):
+                if (later is not None and later[0] > index and pid not in tracked
+                        and later[1] not in tracked):
                     continue
                 state = observer.classify(pid, now)
                 if state is not None:
                     loop.apply(state)
             elif event.kind == "exit":
-                if not self._exit_matters(pid):
-                    observer.drop(pid, now)  # nothing to report: only forget the PID
+                if pid not in tracked and not classifier.is_pending(pid):
+                    observer.forget_untracked(pid)  # nothing to report: only forget it
                     continue
                 if not kmsg_read:
                     self._kernel_log.read_now(now)  # this exit's evidence may be there
@@ -293,6 +298,8 @@ class ExitWatch:
         assert self._connector is not None and self._loop is not None
         loop = self._loop
         fd = self._connector.fileno()
+        if not busy:
+            self._window_seconds = COALESCE_SECONDS
         if (busy and self._urgent is not None and self._connector.drained
                 and not self._awaiting()):
             if self._watching:
@@ -300,8 +307,9 @@ class ExitWatch:
                 self._watching = False
             self._windows += 1
             window = self._windows
-            loop.call_later(COALESCE_SECONDS, self.collector,
+            loop.call_later(self._window_seconds, self.collector,
                             lambda: self._window_ended(window))
+            self._window_seconds = min(2 * self._window_seconds, COALESCE_MAX_SECONDS)
         elif not self._watching:
             self._windows += 1  # a pending window's timer is void
             loop.watch(fd, self.collector, self._on_connector)
@@ -347,11 +355,6 @@ class ExitWatch:
                 self._loop.unwatch(self._urgent.fileno())
                 self._urgent.close()
                 self._urgent = None
-
-    def _exit_matters(self, pid: int) -> bool:
-        """A tracked process, or one whose exit is awaited; the host's other exits are not."""
-        assert self._loop is not None
-        return self._loop.observer.is_tracked(pid) or self._loop.classifier.is_pending(pid)
 
     def _on_pidfd(self, fd: int, now: float, waited: float = 0.0) -> None:
         assert self._pidfds is not None and self._loop is not None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vgpumon.config.schema import SERVER, Config, GroupSpec
@@ -308,6 +309,15 @@ class HostObserver:
 
     def is_tracked(self, pid: int) -> bool:
         return self._scanner.is_tracked(pid)
+
+    @property
+    def tracked_pids(self) -> Mapping[int, TrackedProcess]:
+        """The tracked processes by PID: a live view, valid until the next reload."""
+        return self._scanner.tracked_pids
+
+    def forget_untracked(self, pid: int) -> None:
+        """A PID that is not tracked exited: forget whatever was remembered about it."""
+        self._scanner.forget(pid)
 
     @property
     def library_files(self) -> tuple[LibraryFile, ...]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from vgpumon.config.patterns import search_limit
@@ -216,6 +216,12 @@ class ProcessScanner:
 
     def is_tracked(self, pid: int) -> bool:
         return pid in self._seen.tracked
+
+    @property
+    def tracked_pids(self) -> Mapping[int, TrackedProcess]:
+        """The tracked processes by PID, as a live read-only view (for a batch of events,
+        whose handling may track more of them meanwhile)."""
+        return self._seen.tracked
 
     def vsize(self, pid: int) -> int | None:
         """The size of `pid`'s address space when the last scan looked (None: not known)."""

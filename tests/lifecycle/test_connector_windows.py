@@ -1,0 +1,78 @@
+"""The coalescing window of the exit watch against the real proc connector, in a real
+`Daemon`: it doubles while every read finds events (a busy host is read a few times a
+second, not fifty) and starts over after a read that found none."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from vgpumon.config.schema import Config, EventsSpec
+from vgpumon.daemon import exit_watch
+from vgpumon.daemon.exit_watch import PROC_CONNECTOR, ExitWatch
+from vgpumon.daemon.kernel_log import KernelLog
+from vgpumon.daemon.loop import Daemon
+from vgpumon.model import collectors
+
+CHURN = "i=0; while [ $i -lt 4000 ]; do /bin/true; i=$((i+1)); done"
+
+
+@pytest.fixture
+def daemon(tmp_path) -> Iterator[Daemon]:
+    config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
+                    nvml="off", exit_watch=PROC_CONNECTOR)
+    daemon = Daemon(config)
+    daemon.start()
+    daemon.add_source(ExitWatch(KernelLog()))
+    if daemon.runtime.exit_mechanism != PROC_CONNECTOR:
+        daemon.close()
+        pytest.skip("the proc connector is not available here")
+    yield daemon
+    daemon.close()
+
+
+def test_the_window_grows_while_busy_and_starts_over_after_a_quiet_read(daemon, monkeypatch):
+    windows: list[float] = []
+    call_later = daemon.call_later
+
+    def recording(delay, collector, action):
+        if collector == collectors.EXITS and delay >= exit_watch.COALESCE_SECONDS:
+            windows.append(delay)
+        return call_later(delay, collector, action)
+
+    monkeypatch.setattr(daemon, "call_later", recording)
+    churn = subprocess.Popen(["sh", "-c", CHURN])
+    try:
+        deadline = time.monotonic() + 30.0
+        while exit_watch.COALESCE_MAX_SECONDS not in windows:
+            assert time.monotonic() < deadline, f"the window never grew: {windows}"
+            assert churn.poll() is None, f"the churn ended first: {windows}"
+            daemon.call_later(0.05, "loop", lambda: None)  # a turn never waits for the hour
+            daemon.step()
+    finally:
+        churn.kill()
+        churn.wait()
+    grown = windows[:windows.index(exit_watch.COALESCE_MAX_SECONDS) + 1]
+    assert grown[0] == exit_watch.COALESCE_SECONDS
+    assert all(b in (2 * a, exit_watch.COALESCE_MAX_SECONDS) and b > a
+               for a, b in itertools.pairwise(grown)), grown
+
+    # The churn is over: some read finds nothing, and the next event opens a short window.
+    watch = next(s for s in daemon._sources if isinstance(s, ExitWatch))
+    deadline = time.monotonic() + 30.0
+    while watch._window_seconds != exit_watch.COALESCE_SECONDS:
+        assert time.monotonic() < deadline, "the window never started over"
+        daemon.call_later(0.05, "loop", lambda: None)
+        daemon.step()
+    windows.clear()
+    deadline = time.monotonic() + 30.0
+    while not windows:
+        assert time.monotonic() < deadline, "no window after a new event"
+        subprocess.run(["true"], check=True)
+        daemon.call_later(0.05, "loop", lambda: None)
+        daemon.step()
+    assert windows[0] == exit_watch.COALESCE_SECONDS
