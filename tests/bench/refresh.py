@@ -1,4 +1,5 @@
 """Refresh cost: the CPU of one full `HostObserver.refresh()` in this process.
+
 A full refresh is what the daemon's safety-net timer runs every `interval`: the /proc scan, the
 library files, the maps of every tracked process, the links. A refresh skips a maps whose
 process's address space kept its size and re-reads it at least every
