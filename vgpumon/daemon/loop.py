@@ -188,6 +188,8 @@ class Daemon:
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         self.watch(wakeup_read.fileno(), collectors.LOOP,
                    _ignoring_now(partial(_drain, wakeup_read)))
+        if self._unpublished:
+            self._publish(time.time())  # what the sources set up: the first scrape sees it
         if self.server is not None:
             self.server.serve_in_thread()
         notify(f"READY=1\nSTATUS={self._status_line()}")
