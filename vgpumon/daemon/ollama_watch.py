@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 # Events after which /api/ps is likely to have changed.
 API_CHANGING_EVENTS = frozenset({ev.RUNNER_STARTED, ev.RUNNER_READY, ev.RUNNER_EXITED,
                                  ev.OFFLOAD, ev.PROCESS_STARTED, ev.PROCESS_EXITED})
-MANIFEST_RESCAN_SECONDS = 60.0  # periodic re-read of the manifests
+# Periodic re-read of the manifests (a model vgpumon cannot name, in /api/ps or a runner
+# start, has them re-read within MANIFEST_RESCAN_MIN_GAP): for removed and re-tagged models.
+MANIFEST_RESCAN_SECONDS = 300.0
 MANIFEST_RESCAN_MIN_GAP = 5.0  # when a model vgpumon cannot name shows up
 
 
