@@ -70,6 +70,24 @@ def test_an_event_driven_read_never_skips(host):
     assert {m.library for m in state.libraries.mappings} == {"vgpu-exec"}
 
 
+def test_a_read_for_changed_maps_reads_only_those_whose_size_changed_now(host):
+    """What a library opened in a watched directory asks for: a busy host opens the shims at
+    every exec, so only a process whose address space changed since (its stat read now, not
+    at the last scan) has its maps read again."""
+    proc, lib64, observer = host
+    proc.add(14, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))
+    proc.add(15, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))
+    observer.refresh(1.0)
+    both = maps_line_for(str(lib64 / "libvgpu-cuda.so")) \
+        + maps_line_for(str(lib64 / "libvgpu-exec.so"), 0x7F0000100000)
+    proc.set_maps(14, both)
+    proc.set_maps(15, both)
+    set_vsize(proc, 15, 5000)  # 15 loaded a library; 14's change is invisible to its size
+    state = observer.refresh_maps(2.0, changed_only=True)
+    found = {p.process.pid: {m.library for m in p.libraries.mappings} for p in state.processes}
+    assert found == {14: {"vgpu-cuda"}, 15: {"vgpu-cuda", "vgpu-exec"}}
+
+
 def test_an_unchanged_looking_maps_is_read_again_after_a_while(host, monkeypatch):
     proc, lib64, observer = host
     proc.add(12, "ollama", RUNNER, maps=maps_line_for(str(lib64 / "libvgpu-cuda.so")))

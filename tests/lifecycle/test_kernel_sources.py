@@ -185,3 +185,57 @@ def test_inotify_sees_ln_sf_on_the_parent_directory(tmp_path):
         assert watcher.read().libraries
     finally:
         watcher.close()
+
+
+def _nothing_queued(fd: int) -> bool:
+    """inotify queues an event before the system call that caused it returns: right after
+    that call, an unreadable descriptor means no event."""
+    return not select.select([fd], [], [], 0)[0]
+
+
+def test_in_a_system_library_directory_only_the_configured_files_loads_are_watched(tmp_path):
+    """Every program on a host opens its C library in the system's library directory: there
+    an open of anything else wakes nothing, an open of a configured library (the shim) does,
+    and a shim replaced under its name is watched again as its new file."""
+    (tmp_path / "libvgpu-cuda.so").write_bytes(b"shim")
+    (tmp_path / "libc.so.6").write_bytes(b"libc")
+    os.symlink("libvgpu-cuda.so", tmp_path / "libcuda.so.1")
+    plan = plan_watches([str(tmp_path / "libcuda.so.1")], [str(tmp_path / "libvgpu-cuda.so")],
+                        [str(tmp_path)], ["libvgpu-cuda.so"],
+                        busy=lambda directory: directory == str(tmp_path))
+    assert plan.library_dirs == frozenset()
+    assert plan.load_files == {str(tmp_path / "libvgpu-cuda.so")}
+    watcher = FsWatcher()
+    try:
+        watcher.set_plan(plan)
+        with open(tmp_path / "libc.so.6", "rb"):
+            pass  # what every exec on the host does
+        assert _nothing_queued(watcher.fileno())
+        with open(tmp_path / "libvgpu-cuda.so", "rb"):
+            pass
+        wait_readable(watcher.fileno())
+        assert watcher.read().libraries
+        # Replaced the way package managers do it: a new file renamed over the old name.
+        (tmp_path / "new.tmp").write_bytes(b"shim 2")
+        os.rename(tmp_path / "new.tmp", tmp_path / "libvgpu-cuda.so")
+        wait_readable(watcher.fileno())
+        change = watcher.read()
+        assert change.rearm and change.libraries
+        watcher.arm()  # what the file watch does with `rearm`
+        with open(tmp_path / "libvgpu-cuda.so", "rb"):
+            pass
+        wait_readable(watcher.fileno())
+        assert watcher.read().libraries
+    finally:
+        watcher.close()
+
+
+def test_system_library_directories():
+    from vgpumon.sources.fswatch import system_library_dir
+
+    for directory in ("/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/lib/x86_64-linux-gnu",
+                      "/lib/aarch64-linux-gnu", "/proc/4242/root/usr/lib64", "/usr/lib32"):
+        assert system_library_dir(directory), directory
+    for directory in ("/usr/local/lib", "/opt/vgpu/lib64", "/usr/lib64/vgpu",
+                      "/usr/local/lib/ollama/cuda_v12", "/proc/4242/root/opt/lib"):
+        assert not system_library_dir(directory), directory

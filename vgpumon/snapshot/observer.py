@@ -151,9 +151,12 @@ class HostObserver:
         return (not self.events_complete or self._listed_at is None
                 or time.monotonic() - self._listed_at >= RECONCILE_SECONDS)
 
-    def refresh_maps(self, now: float, pids: frozenset[int] | None = None) -> HostState:
-        """Re-read the maps of tracked processes (all, or those in `pids`)."""
-        self._refresh_maps(now, pids)
+    def refresh_maps(self, now: float, pids: frozenset[int] | None = None, *,
+                     changed_only: bool = False) -> HostState:
+        """Re-read the maps of tracked processes (all, or those in `pids`); `changed_only`:
+        only of those whose address space changed size since their maps was read (its stat
+        read now), re-checking the others' libraries, as a full refresh does."""
+        self._refresh_maps(now, pids, skip_unchanged=changed_only, fresh_vsize=changed_only)
         return self.snapshot(now)
 
     def refresh_links(self, now: float) -> HostState:
@@ -323,17 +326,17 @@ class HostObserver:
     def library_files(self) -> tuple[LibraryFile, ...]:
         return self._library_files
 
-    def mapped_library_dirs(self) -> frozenset[str]:
-        """Directories (reachable from here) of configured libraries that processes map."""
-        dirs = set()
+    def mapped_library_paths(self) -> frozenset[str]:
+        """The files (as reachable from here) of configured libraries that processes map."""
+        paths = set()
         for process in self._processes:
             libraries = self._libraries.get(process.key)
             if libraries is None:
                 continue
+            root = self.procfs.path(process.pid, "root")
             for mapping in libraries.mappings:
-                directory = mapping.path.rsplit("/", 1)[0] or "/"
-                dirs.add(self.procfs.path(process.pid, "root") + directory)
-        return frozenset(dirs)
+                paths.add(root + mapping.path)
+        return frozenset(paths)
 
     def server(self) -> TrackedProcess | None:
         return server_of(self._processes)
@@ -392,12 +395,12 @@ class HostObserver:
             self._library_files = files
 
     def _refresh_maps(self, now: float, pids: frozenset[int] | None, *,
-                      skip_unchanged: bool = False) -> None:
+                      skip_unchanged: bool = False, fresh_vsize: bool = False) -> None:
         def read() -> None:
             for process in self._processes:
                 if pids is not None and process.pid not in pids:
                     continue
-                if skip_unchanged and self._maps_unchanged(process):
+                if skip_unchanged and self._maps_unchanged(process, fresh_vsize):
                     self._libraries[process.key] = library_mappings(
                         self.procfs, process.pid, self._maps[process.key].selected,
                         self._matcher)  # still re-checks whether the files were replaced
@@ -424,12 +427,15 @@ class HostObserver:
                 self._maps_read[process.key] = _MapsRead(time.monotonic(), after,
                                                          self._matcher)
 
-    def _maps_unchanged(self, process: TrackedProcess) -> bool:
+    def _maps_unchanged(self, process: TrackedProcess, fresh_vsize: bool = False) -> bool:
+        """Whether `process`'s address space has the size it had when its maps was read (as
+        of the last scan, or `fresh_vsize`: now)."""
         last = self._maps_read.get(process.key)
-        return (last is not None and last.matcher is self._matcher
-                and time.monotonic() - last.at < MAPS_REREAD_SECONDS
-                and last.vsize == self._scanner.vsize(process.pid)
-                and process.key in self._maps)
+        if (last is None or last.matcher is not self._matcher or process.key not in self._maps
+                or time.monotonic() - last.at >= MAPS_REREAD_SECONDS):
+            return False
+        vsize = self._vsize(process.pid) if fresh_vsize else self._scanner.vsize(process.pid)
+        return last.vsize == vsize
 
     def _vsize(self, pid: int) -> int | None:
         try:
