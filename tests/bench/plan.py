@@ -27,16 +27,18 @@ class Plan:
     scale_idle: int  # the scale row: idle processes next to SCALE_RUNNERS runners
     scale_rounds: int
     scale_seconds: float
-    settle_seconds: float  # after a daemon starts or a pool is spawned, before a window
+    # After a daemon starts or a pool is spawned, before a window: past the re-checks of the
+    # new processes (two refreshes at the default interval).
+    settle_seconds: float
 
 
 FULL = Plan(refresh_rounds=100, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
             scrape_rounds=1000, steady_seconds=30.0, runner_trials=20, link_trials=30,
             versus_scrapes=100, churn_processes=2000,
-            side_idle_counts=(500, 2000, 5000), side_idle_seconds=(30.0, 15.0, 15.0),
+            side_idle_counts=(500, 2000, 5000), side_idle_seconds=(60.0, 30.0, 30.0),
             fast_idle_seconds=20.0, churn_rates=(100, 300, 1000), churn_seconds=20.0,
             kill_trials=30, half_open=2000, scale_idle=10000, scale_rounds=30,
-            scale_seconds=5.0, settle_seconds=5.0)
+            scale_seconds=5.0, settle_seconds=12.0)
 QUICK = Plan(refresh_rounds=10, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
              scrape_rounds=30, steady_seconds=5.0, runner_trials=3, link_trials=4,
              versus_scrapes=10, churn_processes=200,

@@ -12,7 +12,8 @@ the stand-in for Ollama's API, and idle processes.
 - churn: ``/bin/true`` started 100, 300 and 1,000 times a second (churn.py): each daemon's
   CPU per exec+exit above its idle rate, its percent of a core, process-exporter's percent
   (it polls: its cost does not follow the churn); the daemon's thread count before, under
-  and after the fastest churn;
+  and after the fastest churn; and 300 a second with the system's library directory among
+  the watched ones, as on a host whose shims live in /usr/lib64;
 - a tracked runner killed with SIGKILL, until `process_exited` shows at /events (exits.py);
 - half-open HTTP requests held open, /metrics meanwhile, threads (halfopen.py);
 - scale: 10,000 idle processes next to 8 runners mapping 5,000 lines each: refresh CPU
@@ -54,6 +55,7 @@ SCALE_INTERVAL_SECONDS = 0.1
 EXPORTER = "process-exporter"
 WARM_TIMEOUT = 30.0
 UNDER_TEST = "vgpumon"  # the daemon of the tree measured; "baseline" is --baseline's
+SYSTEM_LIBDIR_CHURN_RATE = 300  # execs a second in the churn row with /usr/lib64 watched
 
 
 class Daemons:
@@ -153,6 +155,8 @@ def run(host: SyntheticHost, plan: Plan, workdir: Path, envs: dict[str, dict[str
             # left (see halfopen.py), and they are stopped right after.
             with stopwatch(timings, "side_half_open"):
                 _half_open_rows(plan, mine, section, daemons)
+        with stopwatch(timings, "side_churn_system_libdir"):
+            _churn_system_libdir_row(host, plan, workdir, envs, mine, section)
         with stopwatch(timings, f"side_idle_{counts[0]}_fast"):
             for pool in pools[1:]:
                 host.stop(pool)
@@ -298,6 +302,47 @@ def _churn_rows(host: SyntheticHost, plan: Plan, rows: list[Row], section: dict[
 def _threads_text(threads: dict[str, int]) -> str:
     return (f"before {threads['before']}, under {threads['under_min']}-{threads['under_max']}, "
             f"after {threads['after']}")
+
+
+def system_library_dir() -> str:
+    """The directory this host's C library is loaded from (by this process, and so by
+    /bin/true): where a real host's shims and links live (/usr/lib64 and the like)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.rstrip("\n").split(None, 5)[-1]
+            if os.path.basename(path).startswith("libc.so"):
+                return os.path.dirname(path)
+    raise RuntimeError("no libc in /proc/self/maps")
+
+
+def _churn_system_libdir_row(host: SyntheticHost, plan: Plan, workdir: Path,
+                             envs: dict[str, dict[str, str]], rows: list[Row],
+                             section: dict[str, Any]) -> None:
+    """Churn where the watched library directories include the system's (as on a host whose
+    shims and links live in /usr/lib64): every exec there opens the C library."""
+    libdir = system_library_dir()
+    config = host.vgpumon_config()
+    config["watch_dirs"] = [*config["watch_dirs"], libdir]
+    daemons = Daemons(config, workdir / "system-libdir", envs, runners=SIDE_RUNNERS)
+    try:
+        _settle(plan)
+        targets = daemons.targets(SLOW_SCRAPE)
+        idle = run_window(targets, plan.churn_seconds)
+        rate = SYSTEM_LIBDIR_CHURN_RATE
+        window = run_window(targets, plan.churn_seconds + TAIL_SECONDS,
+                            churn_load(host.benchproc, rate, plan.churn_seconds))
+    finally:
+        daemons.stop()
+    costs = {name: exec_cost(window, idle, name) for name in daemons.running}
+    section["churn_system_libdir"] = {"watched": libdir, "rate": rate, **window.as_dict(),
+                                      "cost": {n: c.as_dict() for n, c in costs.items()}}
+    ours = costs[UNDER_TEST]
+    note = [f"{libdir} watched; {ours.percent:.2f} % of a core (idle {ours.idle_percent:.3f} %)"]
+    note += [f"baseline {costs[name].per_exec * 1e6:.0f} us, {costs[name].percent:.2f} %"
+             for name in _baseline(daemons)]
+    rows.append(Row("churn_system_libdir", f"churn, {rate} execs/s, the system library "
+                    "directory watched: vgpumon CPU per exec+exit", ours.per_exec * 1e6, None,
+                    "us", "", "; ".join(note)))
 
 
 # -- exits, hostile clients ------------------------------------------------------------------
