@@ -27,9 +27,13 @@ class Plan:
     scale_idle: int  # the scale row: idle processes next to SCALE_RUNNERS runners
     scale_rounds: int
     scale_seconds: float
-    # After a daemon starts or a pool is spawned, before a window: past the re-checks of the
-    # new processes (two refreshes at the default interval).
+    # After a daemon starts, before a window: past the re-checks of the new processes (two
+    # refreshes at the default interval).
     settle_seconds: float
+    # After a pool of idle processes is spawned next to running daemons: they fork without an
+    # exec, so no event announces them and the daemon finds them at its next listing of
+    # /proc (at most `RECONCILE_SECONDS` later), then re-checks them at two refreshes.
+    pool_settle_seconds: float
 
 
 FULL = Plan(refresh_rounds=100, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
@@ -38,14 +42,14 @@ FULL = Plan(refresh_rounds=100, idle_counts=(100, 1000, 5000), maps_lines=(1000,
             side_idle_counts=(500, 2000, 5000), side_idle_seconds=(60.0, 30.0, 30.0),
             fast_idle_seconds=20.0, churn_rates=(100, 300, 1000), churn_seconds=20.0,
             kill_trials=30, half_open=2000, scale_idle=10000, scale_rounds=30,
-            scale_seconds=5.0, settle_seconds=12.0)
+            scale_seconds=5.0, settle_seconds=12.0, pool_settle_seconds=42.0)
 QUICK = Plan(refresh_rounds=10, idle_counts=(100, 1000, 5000), maps_lines=(1000, 5000, 20000),
              scrape_rounds=30, steady_seconds=5.0, runner_trials=3, link_trials=4,
              versus_scrapes=10, churn_processes=200,
              side_idle_counts=(500, 2000, 5000), side_idle_seconds=(3.0, 3.0, 3.0),
              fast_idle_seconds=3.0, churn_rates=(100, 300, 1000), churn_seconds=2.0,
              kill_trials=3, half_open=200, scale_idle=2000, scale_rounds=5, scale_seconds=2.0,
-             settle_seconds=2.0)
+             settle_seconds=2.0, pool_settle_seconds=2.0)
 # The host of the steady-state, detection and comparison benchmarks.
 STEADY_IDLE = 1000
 STEADY_RUNNERS = 4

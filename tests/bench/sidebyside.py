@@ -148,7 +148,7 @@ def run(host: SyntheticHost, plan: Plan, workdir: Path, envs: dict[str, dict[str
             for before, count in itertools.pairwise(counts):
                 with stopwatch(timings, f"side_idle_{count}"):
                     pools.append(host.spawn_idle(count - before))
-                    _settle(plan)
+                    time.sleep(plan.pool_settle_seconds)
                     _idle_row(idle, section, daemons, slow, seconds[count], count,
                               "defaults", SLOW_SCRAPE, "")
             # Last for these daemons: a thread per connection may linger after the clients
