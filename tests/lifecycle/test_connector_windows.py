@@ -4,6 +4,7 @@ second, not fifty) and starts over after a read that found none."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import subprocess
 import time
@@ -76,3 +77,30 @@ def test_the_window_grows_while_busy_and_starts_over_after_a_quiet_read(daemon, 
         daemon.call_later(0.05, "loop", lambda: None)
         daemon.step()
     assert windows[0] == exit_watch.COALESCE_SECONDS
+
+
+def test_a_read_that_keeps_failing_is_tried_again_once_a_window(daemon, monkeypatch):
+    """A connector whose reads fail (the socket stays readable) must not be read at every
+    turn of the loop: the failure is retried when a window has passed."""
+    watch = next(s for s in daemon._sources if isinstance(s, ExitWatch))
+    assert watch._connector is not None
+    calls: list[float] = []
+
+    connector = watch._connector
+
+    def failing(limit: int = 0) -> list:
+        calls.append(time.monotonic())
+        connector.drained = False  # as a read that fails midway leaves it
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(connector, "receive", failing)
+    turns = 0
+    subprocess.run(["true"], check=True)  # readable now, and never drained
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        daemon.call_later(0.01, "loop", lambda: None)  # a turn every 10 ms at least
+        daemon.step()
+        turns += 1
+    assert calls, "the connector was never read"
+    # Windows of 20, 40, 80, 160 and 300 ms: five reads in 0.5 s at most, in ~50 turns.
+    assert len(calls) <= 6, (len(calls), turns)

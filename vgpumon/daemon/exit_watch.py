@@ -115,6 +115,7 @@ class ExitWatch:
     def after_refresh(self, now: float) -> None:
         if self._pidfds is not None:
             self._sync_pidfds()
+        self._follow_tracked()  # a server a refresh found cuts windows short from now on
         if self._problem is not None:
             raise SourceFailure(self._problem)
 
@@ -243,7 +244,7 @@ class ExitWatch:
             return
         except OSError as err:
             loop.observer.events_lost()
-            self._pace(busy=True)  # tried again after a window, not at every turn
+            self._pace(busy=True, retry=True)  # tried again after a window, not every turn
             self._problem = err.strerror or str(err)
             raise SourceFailure(self._problem) from None
         self._problem = None
@@ -270,8 +271,8 @@ class ExitWatch:
             pid = event.pid
             if pid != event.tgid:
                 continue  # a thread
-            if awaited:
-                awaited.pop(pid, None)
+            if awaited and event.kind in ("exec", "exit"):
+                awaited.pop(pid, None)  # what was awaited (a fork's own event is not)
             if event.kind == "exec":
                 later = exiting.get(pid)
                 if (later is not None and later[0] > index and pid not in tracked
@@ -291,17 +292,18 @@ class ExitWatch:
                              exited_ns=event.timestamp_ns)
         self._follow_tracked()
 
-    def _pace(self, *, busy: bool) -> None:
+    def _pace(self, *, busy: bool, retry: bool = False) -> None:
         """Read the connector again as soon as it is readable, or, after a read that found
         events, at the end of a coalescing window: unless the tracked-process watch is
-        missing, an awaited event has not come yet, or the last read stopped at its limit."""
+        missing, an awaited event has not come yet, or the last read stopped at its limit.
+        After a failed read (`retry`), always at the end of a window."""
         assert self._connector is not None and self._loop is not None
         loop = self._loop
         fd = self._connector.fileno()
         if not busy:
             self._window_seconds = COALESCE_SECONDS
-        if (busy and self._urgent is not None and self._connector.drained
-                and not self._awaiting()):
+        if retry or (busy and self._urgent is not None and self._connector.drained
+                     and not self._awaiting()):
             if self._watching:
                 loop.unwatch(fd)
                 self._watching = False
