@@ -265,7 +265,9 @@ def test_a_runner_in_another_mount_namespace_over_the_same_root_is_resolved_in_i
     try:
         procfs = ProcFS("/proc")
         deadline = time.monotonic() + 30
-        while b"time.sleep" not in Path(f"/proc/{runner.pid}/cmdline").read_bytes():
+        # Until the shell has mounted and exec'd Python (its own argv names time.sleep too).
+        while (Path(f"/proc/{runner.pid}/cmdline").read_bytes().split(b"\0")[0]
+               != sys.executable.encode()):
             assert runner.poll() is None and time.monotonic() < deadline, "runner did not start"
             time.sleep(0.02)
         theirs_root, ours_root = os.stat(f"/proc/{runner.pid}/root"), os.stat("/")

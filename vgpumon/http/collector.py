@@ -7,6 +7,7 @@ library and link is exported even when nothing matches, so alerts can fire on ab
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import threading
@@ -48,6 +49,8 @@ class VgpumonCollector(Collector):
     def __init__(self, current: Callable[[], Published]):
         self._current = current
         self._last: tuple[Published, list[Metric]] | None = None
+        # Per section: what it was built from (`SECTION_INPUTS`) and by whom, and what it gave.
+        self._sections: dict[str, tuple[object, tuple[object, ...], list[Metric]]] = {}
         self._errors: Counter[str] = Counter({name: 0 for name, _ in SECTIONS})
         self._lock = threading.Lock()  # scrapes run in concurrent threads
 
@@ -65,10 +68,10 @@ class VgpumonCollector(Collector):
         yield from metrics
 
     def _build(self, published: Published) -> list[Metric]:
-        metrics = [build_info()]
+        metrics = [self._build_info]
         for name, section in SECTIONS:
             try:
-                metrics += section(published)
+                metrics += self._section(name, section, published)
             except Exception:  # a bug here must not take the other sections with it
                 with self._lock:
                     self._errors[name] += 1
@@ -85,6 +88,27 @@ class VgpumonCollector(Collector):
             errors.add_metric([name], counts[name])
         metrics.append(errors)
         return metrics
+
+
+    def _section(self, name: str, section: Callable[[Published], Iterable[Metric]],
+                 published: Published) -> list[Metric]:
+        """The section's families: the very objects of the last build when what it is built
+        from did not change (a refresh changes the collectors' timings, seldom the rest), so
+        the exposition reuses their text too."""
+        inputs_of = SECTION_INPUTS.get(name)
+        if inputs_of is None:
+            return list(section(published))
+        inputs = inputs_of(published)
+        kept = self._sections.get(name)
+        if kept is not None and kept[0] is section and kept[1] == inputs:
+            return kept[2]
+        built = list(section(published))
+        self._sections[name] = (section, inputs, built)
+        return built
+
+    @functools.cached_property
+    def _build_info(self) -> Metric:
+        return build_info()
 
 
 def same_metrics(old: Published, new: Published) -> bool:
@@ -412,3 +436,21 @@ SECTIONS: tuple[tuple[str, Callable[[Published], Iterable[Metric]]], ...] = (
     ("collectors", collector_families), ("processes", process_families),
     ("libraries", library_families), ("links", link_families),
     ("lifecycle", lifecycle_families), ("ollama", ollama_families), ("self", self_families))
+
+
+def _lifecycle_inputs(published: Published) -> tuple[object, ...]:
+    counters = published.counters
+    return (published.config, counters.starts, counters.exits, counters.amended,
+            counters.crashes, counters.last_crash, counters.window_crashes,
+            counters.window_starts, counters.crash_loop)
+
+
+# What each section's families are built from (all of it: a section rebuilt only when these
+# compare unequal must read nothing else). Sections without an entry are built every time.
+SECTION_INPUTS: dict[str, Callable[[Published], tuple[object, ...]]] = {
+    "processes": lambda p: (p.config, p.state.processes, p.state.rejected, p.state.gpu_memory),
+    "libraries": lambda p: (p.config, p.state.processes, p.state.library_files),
+    "links": lambda p: (p.state.links, p.counters.link_changes, p.counters.link_last_change),
+    "lifecycle": _lifecycle_inputs,
+    "ollama": lambda p: (p.config, p.state.ollama, p.state.processes, p.counters.log_errors),
+}

@@ -116,7 +116,7 @@ class ExpositionCache:
             if old.family is not family:
                 break
             unchanged += 1
-        tail = self._encode(encoder, kept_format, families[unchanged:], openmetrics)
+        tail = self._encode(encoder, kept_format, families[unchanged:], openmetrics, last)
         encoded = last[:unchanged] + tail
         kept_format.last = encoded
         entries = encoded if unchanged == 0 else tail
@@ -174,12 +174,21 @@ class ExpositionCache:
         return kept
 
     def _encode(self, encoder: Callable[[Any], bytes], kept_format: _Format,
-                families: list[Any], openmetrics: bool) -> list[_Encoded]:
-        """Each family's text, from the content caches where its content is known."""
+                families: list[Any], openmetrics: bool,
+                previous: list[_Encoded]) -> list[_Encoded]:
+        """Each family's text: as the last scrape encoded the very same object (a collector
+        that yields an object again promises the same content), else from the content caches
+        where its content is known."""
         known = kept_format.by_content
         known_tail = kept_format.tail_by_content
+        # `previous` holds its families: their ids stay theirs while it is alive.
+        again = {id(entry.family): entry for entry in previous}
         encoded = []
         for family in families:
+            entry = again.get(id(family))
+            if entry is not None and entry.family is family:
+                encoded.append(entry)
+                continue
             key = _content_key(family)
             text = None
             if key is not None:
