@@ -104,3 +104,26 @@ def test_every_group_library_and_link_is_exported_at_zero(tmp_path):
                            (("path", link.path), ("state", s), ("view", "host")))]
                   for s in ("ok", "missing", "not_symlink", "wrong_target", "dangling")]
         assert sum(states) == 1
+
+
+def test_a_section_is_built_again_exactly_when_what_it_is_built_from_changed(tmp_path):
+    """A refresh that changes only the collectors' timings leaves the process families the
+    very objects of the last build (the exposition then reuses their text); a changed process
+    list rebuilds them, with the new values."""
+    config, state = observe(tmp_path, maps_line("/dev/nvidia0", (0, 5), 1055))
+    published = Published(config, state, Counters(), RuntimeInfo(started_at=0.0))
+    current = [published]
+    collector = VgpumonCollector(lambda: current[0])
+
+    def family(name: str):
+        return next(f for f in collector.collect() if f.name == name)
+
+    first = family("vgpumon_processes")
+    current[0] = replace(published, state=replace(state, taken_at=state.taken_at + 5,
+                                                  collectors=()))
+    assert family("vgpumon_processes") is first
+    server_only = tuple(p for p in state.processes if p.process.group == "server")
+    current[0] = replace(published, state=replace(state, processes=server_only))
+    rebuilt = family("vgpumon_processes")
+    assert rebuilt is not first
+    assert {s.labels["group"]: s.value for s in rebuilt.samples}["runner"] == 0
