@@ -11,9 +11,11 @@ between two refreshes it has nearly always stayed the same. A full refresh there
 process whose address space has the same size (``vsize`` in its stat, which the scan reads
 anyway) as when its maps was last read, and re-checks the libraries it found then instead.
 That stands in for "unchanged" except for a load and an unload of the same size between two
-refreshes, so such a maps is read at least every `MAPS_REREAD_SECONDS`, and every
-event-driven read (an exec, a library opened in a watched directory) and every change of
-the configured library files reads it in full.
+refreshes, so such a maps is read at least every `MAPS_REREAD_SECONDS`, and an exec and
+every change of the configured library files read it in full. A library opened in a watched
+directory reads the maps whose size changed, each process's stat read then
+(`refresh_maps(changed_only=True)`): a load maps the file, and the system's shared
+libraries are opened by every program the host starts.
 """
 
 from __future__ import annotations
