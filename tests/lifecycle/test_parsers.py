@@ -209,3 +209,16 @@ def test_a_batch_read_gives_what_one_read_a_datagram_gives():
     assert got[True] == got[False]
     assert [(e.kind, e.pid) for e in got[True]] == [("exit", 4242), ("exec", 10), ("fork", 11),
                                                     ("exec", 12)]
+
+
+def test_an_opened_gpu_device_asks_for_every_maps():
+    """The driver may map a device inside address space it reserved earlier (same size), so
+    a device open is told apart from a library load: every maps is read then."""
+    plan = plan_watches([], ["/usr/lib64/libvgpu-cuda.so"], ["/dev"],
+                        ["libvgpu-cuda.so", "nvidia*"], ["/dev/nvidia0", "/dev/nvidiactl"],
+                        busy=lambda d: d in ("/dev", "/usr/lib64"), device_patterns=["nvidia*"])
+    assert plan.load_files >= {"/dev/nvidia0", "/dev/nvidiactl"}
+    device = interpret(plan, "/dev", flags.OPEN, "nvidia0")
+    assert device.libraries and device.devices
+    shim = interpret(plan, "/usr/lib64", flags.OPEN, "libvgpu-cuda.so")
+    assert shim.libraries and not shim.devices

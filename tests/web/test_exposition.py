@@ -173,3 +173,41 @@ def test_many_accept_headers_keep_a_bounded_number_of_bodies():
     assert cache.kept_formats <= 4
     assert b"".join(cache.body(registry, "", gzipped=False).parts) == \
         choose_encoder("")[0](registry)
+
+
+class _Families:
+    """A collector yielding the families it is given, as they are (objects reused)."""
+
+    def __init__(self) -> None:
+        self.families: list[GaugeMetricFamily] = []
+
+    def collect(self):
+        return iter(self.families)
+
+
+def _gauge(name: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "a test family")
+    family.add_metric([], value)
+    return family
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_changed_family_before_reused_ones_is_never_served_from_the_kept_run(gzipped):
+    """Families after a changed one can be the very objects of earlier scrapes: the kept
+    text of a run must not stand for a run that only ends the same way."""
+    source = _Families()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(source)
+    cache = ExpositionCache()
+    later = [_gauge("b", 2), _gauge("c", 3)]
+
+    def scrape() -> bytes:
+        body = b"".join(cache.body(registry, "", gzipped=gzipped).parts)
+        return gzip.decompress(body) if gzipped else body
+
+    source.families = [_gauge("a", 1), *later]
+    scrape()
+    assert b"a 1.0" in scrape()  # unchanged: served from the kept run
+    source.families = [_gauge("a", 5), *later]
+    assert b"a 5.0" in scrape()
+    assert b"a 5.0" in scrape()  # unchanged again: the kept run must be this one

@@ -236,6 +236,7 @@ class ExitWatch:
         except EventsLost as lost:
             loop.events_lost(PROC_CONNECTOR)
             loop.observer.events_lost()
+            self._window_seconds = COALESCE_SECONDS  # the buffer filled: read it more often
             try:
                 self._handle(lost.events, now)
                 loop.refresh_now()

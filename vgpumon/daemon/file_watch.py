@@ -53,6 +53,7 @@ class FileWatch:
         self._server_pid: int | None = None
         self._last_maps_refresh = 0.0
         self._maps_refresh_pending = False
+        self._full_pending = False  # the pending re-read reads every maps (a GPU device)
         self._armed: tuple[object, ...] | None = None  # what the plan was made from
 
     def start(self, loop: Loop) -> None:
@@ -121,7 +122,7 @@ class FileWatch:
             patterns.append(GPU_DEVICE_PATTERN)
             files |= devices
         self._fs.set_plan(plan_watches(links, related, library_dirs, patterns, files,
-                                       busy=_busy))
+                                       busy=_busy, device_patterns=(GPU_DEVICE_PATTERN,)))
         self._server_pid = server.pid if server else None
 
     def _on_readable(self, now: float) -> None:
@@ -139,7 +140,7 @@ class FileWatch:
         if change.links:
             self._loop.apply(self._loop.observer.refresh_links(now))
         if change.libraries:
-            self._refresh_maps_soon(now)
+            self._refresh_maps_soon(now, full=change.devices)
             self._rest()
 
     def _rest(self) -> None:
@@ -157,28 +158,31 @@ class FileWatch:
 
         loop.call_later(MAPS_REFRESH_MIN_GAP, self.collector, wake)
 
-    def _refresh_maps_soon(self, now: float) -> None:
+    def _refresh_maps_soon(self, now: float, *, full: bool = False) -> None:
         """Re-read maps now (unless one was read within the burst's gap), and once more when
         the burst has had time: ``IN_OPEN`` comes before the loader maps the file. Without
         exec events the refresh must also look for new processes: a full refresh, which is
-        throttled harder."""
+        throttled harder. `full`: a GPU device was opened, whose mappings the driver may place
+        inside address space it reserved before (the size stays): every maps is read."""
         assert self._loop is not None
         loop = self._loop
+        self._full_pending = self._full_pending or full
         min_gap = MAPS_REFRESH_MIN_GAP if self._exits.sees_execs else FULL_REFRESH_MIN_GAP
         gap = time.monotonic() - self._last_maps_refresh
         if gap >= min_gap:
-            self._refresh_maps_now(now)
+            self._refresh_maps_now(now, full=full)
         if not self._maps_refresh_pending:
             self._maps_refresh_pending = True
 
             def later() -> None:
                 self._maps_refresh_pending = False
-                self._refresh_maps_now(time.time())
+                self._refresh_maps_now(time.time(), full=self._full_pending)
+                self._full_pending = False
 
             loop.call_later(min_gap if gap >= min_gap else min_gap - gap, self.collector,
                             later)
 
-    def _refresh_maps_now(self, now: float) -> None:
+    def _refresh_maps_now(self, now: float, *, full: bool) -> None:
         assert self._loop is not None
         loop = self._loop
         self._last_maps_refresh = time.monotonic()
@@ -188,4 +192,4 @@ class FileWatch:
         else:
             # A load maps the library: the address space grows. Maps whose size stayed are
             # not read again (a busy host opens these files at every exec).
-            loop.apply(loop.observer.refresh_maps(now, changed_only=True))
+            loop.apply(loop.observer.refresh_maps(now, changed_only=not full))

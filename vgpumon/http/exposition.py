@@ -64,8 +64,7 @@ class _Encoded:
 class _Kept:
     """The encoded leading run of families that a scrape found unchanged."""
 
-    length: int
-    last: _Encoded  # the run's last entry (by identity)
+    run: tuple[_Encoded, ...]  # the run's entries (compared by identity)
     data: bytes  # the run's text, or gzip's output for it (after a sync flush)
     compressor: Any  # zlib's state after `data` (gzip only), copied for each scrape
 
@@ -160,16 +159,16 @@ class ExpositionCache:
 
     def _kept_run(self, kept_format: _Format, gzipped: bool, run: list[_Encoded]) -> _Kept:
         kept = kept_format.kept.get(gzipped)
-        # An entry stays in the run from the scrape that encoded it for as long as nothing
-        # before it changes (a change re-encodes everything after it): the run's last entry
-        # and its length identify the whole run.
-        if kept is not None and kept.length == len(run) and kept.last is run[-1]:
+        # Entries are reused by identity, also after an earlier family changed: the whole
+        # run, entry by entry, identifies what was joined.
+        if (kept is not None and len(kept.run) == len(run)
+                and all(a is b for a, b in zip(kept.run, run, strict=True))):
             return kept
         data, compressor = b"".join(e.text for e in run), None
         if gzipped:
             compressor = _compressor()
             data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        kept = _Kept(len(run), run[-1], data, compressor)
+        kept = _Kept(tuple(run), data, compressor)
         kept_format.kept[gzipped] = kept
         return kept
 

@@ -55,10 +55,12 @@ class FsChange:
     libraries: bool = False
     overflow: bool = False
     rearm: bool = False
+    devices: bool = False  # a GPU device file (`device_patterns`) was opened
 
     def __or__(self, other: FsChange) -> FsChange:
         return FsChange(self.links or other.links, self.libraries or other.libraries,
-                        self.overflow or other.overflow, self.rearm or other.rearm)
+                        self.overflow or other.overflow, self.rearm or other.rearm,
+                        self.devices or other.devices)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class WatchPlan:
     library_patterns: tuple[str, ...]
     library_dirs: frozenset[str]
     load_files: frozenset[str] = field(default=frozenset())
+    device_patterns: tuple[str, ...] = ()  # among `library_patterns`: GPU device files
 
     @property
     def directories(self) -> frozenset[str]:
@@ -86,7 +89,8 @@ class WatchPlan:
 def plan_watches(link_paths: Iterable[str], link_related: Iterable[str],
                  library_dirs: Iterable[str], library_patterns: Iterable[str],
                  library_files: Iterable[str] = (), *,
-                 busy: Callable[[str], bool] = system_library_dir) -> WatchPlan:
+                 busy: Callable[[str], bool] = system_library_dir,
+                 device_patterns: Iterable[str] = ()) -> WatchPlan:
     """`link_paths` and `link_related` (targets, path libraries) are files whose names are
     watched for changes; `library_dirs` are directories where library loads are watched, but
     in a `busy` directory only loads of `link_related` and `library_files` are."""
@@ -102,6 +106,7 @@ def plan_watches(link_paths: Iterable[str], link_related: Iterable[str],
         library_dirs=loads - busy_dirs,
         load_files=frozenset(path for path in (*link_related, *library_files)
                              if os.path.dirname(path) in busy_dirs),
+        device_patterns=tuple(device_patterns),
     )
 
 
@@ -118,7 +123,8 @@ def interpret(plan: WatchPlan, directory: str | None, mask: int, name: str) -> F
     libraries = is_library and bool(mask & (LOADS | NAME_CHANGES))
     # A file watched by itself follows its inode: a new file under its name is watched anew.
     rearm = bool(mask & NAME_CHANGES) and plan.is_load_file(directory, name)
-    return FsChange(links=links, libraries=libraries, rearm=rearm)
+    devices = libraries and any(fnmatch.fnmatchcase(name, p) for p in plan.device_patterns)
+    return FsChange(links=links, libraries=libraries, rearm=rearm, devices=devices)
 
 
 def interpret_file(plan: WatchPlan, path: str, mask: int) -> FsChange:

@@ -152,8 +152,10 @@ class _ClosedMeanwhile(Exception):
 
 
 # What a kept connection the server has closed raises when it is used: on the send, or as
-# no status line at all (http.client's RemoteDisconnected is a ConnectionResetError).
-_CLOSED_BEFORE_ANSWER = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# no status line at all (http.client's RemoteDisconnected is a ConnectionResetError; over TLS
+# a close without close_notify is an SSLEOFError).
+_CLOSED_BEFORE_ANSWER = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                         ssl.SSLEOFError)
 
 
 def _client_context() -> ssl.SSLContext:
