@@ -6,37 +6,18 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.faults.workload import build_runner
-from vgpumon.config.schema import Config, EventsSpec
+from tests.lifecycle.turns import turn
 from vgpumon.daemon.exit_watch import PROC_CONNECTOR, ExitWatch
-from vgpumon.daemon.kernel_log import KernelLog
 from vgpumon.daemon.loop import Daemon
-
-
-@pytest.fixture
-def daemon(tmp_path) -> Iterator[Daemon]:
-    config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
-                    nvml="off", exit_watch=PROC_CONNECTOR)
-    daemon = Daemon(config)
-    daemon.start()
-    daemon.add_source(ExitWatch(KernelLog()))
-    if daemon.runtime.exit_mechanism != PROC_CONNECTOR:
-        daemon.close()
-        pytest.skip("the proc connector is not available here")
-    yield daemon
-    daemon.close()
 
 
 def steps_until(daemon: Daemon, done, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, "timed out"
-        daemon.call_later(0.05, "loop", lambda: None)  # a turn never waits for the hour
-        daemon.step()
+        turn(daemon)
 
 
 def test_refreshes_do_not_list_proc_while_the_connector_reports_everything(daemon):
@@ -58,8 +39,7 @@ def test_an_overrun_is_counted_and_followed_by_one_listing(daemon, tmp_path):
     # The events still queued after the overrun are read, and cause no further listing.
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        daemon.call_later(0.05, "loop", lambda: None)
-        daemon.step()
+        turn(daemon)
     assert daemon.observer.listings == listed + 1
     assert daemon.runtime.overflows[PROC_CONNECTOR] == 1
 
@@ -83,5 +63,4 @@ def test_a_batch_whose_handling_raises_leaves_the_connector_read(daemon, monkeyp
     while len(calls) < 4:
         assert time.monotonic() < deadline, f"the connector was no longer read: {calls}"
         subprocess.run(["true"], check=True)
-        daemon.call_later(0.05, "loop", lambda: None)  # a turn never waits for the hour
-        daemon.step()
+        turn(daemon)

@@ -8,32 +8,15 @@ import errno
 import itertools
 import subprocess
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from vgpumon.config.schema import Config, EventsSpec
+from tests.lifecycle.turns import turn
 from vgpumon.daemon import exit_watch
-from vgpumon.daemon.exit_watch import PROC_CONNECTOR, ExitWatch
-from vgpumon.daemon.kernel_log import KernelLog
-from vgpumon.daemon.loop import Daemon
+from vgpumon.daemon.exit_watch import ExitWatch
 from vgpumon.model import collectors
 
 CHURN = "i=0; while [ $i -lt 4000 ]; do /bin/true; i=$((i+1)); done"
 
 
-@pytest.fixture
-def daemon(tmp_path) -> Iterator[Daemon]:
-    config = Config(interval=3600.0, events=EventsSpec(file=str(tmp_path / "events.jsonl")),
-                    nvml="off", exit_watch=PROC_CONNECTOR)
-    daemon = Daemon(config)
-    daemon.start()
-    daemon.add_source(ExitWatch(KernelLog()))
-    if daemon.runtime.exit_mechanism != PROC_CONNECTOR:
-        daemon.close()
-        pytest.skip("the proc connector is not available here")
-    yield daemon
-    daemon.close()
 
 
 def test_the_window_grows_while_busy_and_starts_over_after_a_quiet_read(daemon, monkeypatch):
@@ -52,8 +35,7 @@ def test_the_window_grows_while_busy_and_starts_over_after_a_quiet_read(daemon, 
         while exit_watch.COALESCE_MAX_SECONDS not in windows:
             assert time.monotonic() < deadline, f"the window never grew: {windows}"
             assert churn.poll() is None, f"the churn ended first: {windows}"
-            daemon.call_later(0.05, "loop", lambda: None)  # a turn never waits for the hour
-            daemon.step()
+            turn(daemon)
     finally:
         churn.kill()
         churn.wait()
@@ -67,15 +49,13 @@ def test_the_window_grows_while_busy_and_starts_over_after_a_quiet_read(daemon, 
     deadline = time.monotonic() + 30.0
     while watch._window_seconds != exit_watch.COALESCE_SECONDS:
         assert time.monotonic() < deadline, "the window never started over"
-        daemon.call_later(0.05, "loop", lambda: None)
-        daemon.step()
+        turn(daemon)
     windows.clear()
     deadline = time.monotonic() + 30.0
     while not windows:
         assert time.monotonic() < deadline, "no window after a new event"
         subprocess.run(["true"], check=True)
-        daemon.call_later(0.05, "loop", lambda: None)
-        daemon.step()
+        turn(daemon)
     assert windows[0] == exit_watch.COALESCE_SECONDS
 
 
@@ -98,8 +78,7 @@ def test_a_read_that_keeps_failing_is_tried_again_once_a_window(daemon, monkeypa
     subprocess.run(["true"], check=True)  # readable now, and never drained
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
-        daemon.call_later(0.01, "loop", lambda: None)  # a turn every 10 ms at least
-        daemon.step()
+        turn(daemon, at_most=0.01)
         turns += 1
     assert calls, "the connector was never read"
     # Windows of 20, 40, 80, 160 and 300 ms: five reads in 0.5 s at most, in ~50 turns.
